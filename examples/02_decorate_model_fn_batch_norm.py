@@ -46,7 +46,7 @@ def main():
                                        config=tf.estimator.RunConfig(tf_random_seed=0))
     estimator.train(
         lambda: tf.data.Dataset.from_tensor_slices(train).shuffle(2000, seed=0).repeat().batch(4),
-        steps=1000)
+        steps=3000)
     metrics = estimator.evaluate(
         lambda: tf.data.Dataset.from_tensor_slices(held_out).batch(500))
     print("held-out MSE: raw weights %.4f, averaged weights %.4f"
