@@ -90,11 +90,13 @@ class SwaOptions(_Options):
 
 
 def _read(var):
-    """A read of `var` made in the current control-dependency context."""
+    """A read of `var` made in the current control-dependency context (one op)."""
+    if hasattr(var, "handle"):
+        return tf.raw_ops.ReadVariableOp(resource=var.handle, dtype=var.dtype.base_dtype)
     return var.read_value()
 
 
-def _read_step(global_step):
+def read_step(global_step):
     """The global step, read after the ops the current context depends on.
 
     A TF 1.15 reference variable's plain read can observe the value from before
@@ -102,7 +104,7 @@ def _read_step(global_step):
     the variable's lock returns the value the update left.
     """
     if hasattr(global_step, "handle"):
-        return global_step.read_value()
+        return _read(global_step)
     return tf.assign_add(global_step, tf.zeros([], global_step.dtype.base_dtype),
                          use_locking=True)
 
@@ -116,7 +118,7 @@ def create_shadow(var, name, initial_value, suffix=""):
     """
     expected = shadow_name(var.op.name, name) + suffix
     use_resource = hasattr(var, "handle")
-    with tf.init_scope(), tf.colocate_with(var), tf.name_scope(var.op.name + "/"):
+    with tf.init_scope(), var.graph.colocate_with(var), tf.name_scope(var.op.name + "/"):
         # Under a one-replica MirroredStrategy the update runs in replica
         # context, where TF 1.15 needs to be told how to aggregate it.
         shadow = tf.Variable(
@@ -157,11 +159,17 @@ class _Averager(object):
             if id(var) not in listed:
                 graph.add_to_collection(tf.GraphKeys.MOVING_AVERAGE_VARIABLES, var)
 
-    def update(self, after=()):
-        """One op that updates every average, after the ops in `after`."""
+    def update(self, after=(), step_offset=0):
+        """One op that updates every average, after the ops in `after`.
+
+        The update belongs to the global step it reads plus `step_offset`: 1 when
+        it runs before the op that increments the global step.
+        """
         with tf.name_scope(self.options.name + "_update"):
             with tf.control_dependencies(list(after)):
-                step = _read_step(self.global_step)
+                step = read_step(self.global_step)
+                if step_offset:
+                    step += step_offset
                 due = self._due(step)
                 if due is None:
                     return self._apply(step)
@@ -170,6 +178,12 @@ class _Averager(object):
     def _due(self, step):
         """None to update after every step, or a bool tensor: update after `step`?"""
         return None
+
+    def period(self):
+        """`k` such that only the update after a global step divisible by `k`
+        can change anything (1: any update can); the hook uses it to leave the
+        other steps' runs alone."""
+        return 1
 
     def _apply_then_true(self, step):
         with tf.control_dependencies([self._apply(step)]):
@@ -190,7 +204,7 @@ class _Averager(object):
     def distance(self):
         """Global L2 distance between the averages and the weights, and its ratio
         to the weights' global norm."""
-        squares = [tf.reduce_sum(tf.square(tf.cast(a.read_value() - _read(v), tf.float32)))
+        squares = [tf.reduce_sum(tf.square(tf.cast(_read(a) - _read(v), tf.float32)))
                    for v, a in zip(self.variables, self.averages)]
         norms = [tf.reduce_sum(tf.square(tf.cast(_read(v), tf.float32)))
                  for v in self.variables]
@@ -251,6 +265,9 @@ class ExponentialMovingAverager(_Averager):
             due.extend(tf.reduce_all(tf.math.is_finite(_read(v))) for v in self.variables)
         return tf.reduce_all(tf.stack(due)) if due else None
 
+    def period(self):
+        return self.options.every_n_steps
+
     def _apply(self, step):
         decay = self.decay(step)
         one_minus_by_dtype = {}
@@ -259,13 +276,14 @@ class ExponentialMovingAverager(_Averager):
             value = _read(var)
             dtype = avg.dtype.base_dtype
             if dtype not in one_minus_by_dtype:
-                one_minus_by_dtype[dtype] = tf.cast(1.0 - decay, dtype)
-            one_minus = one_minus_by_dtype[dtype]
+                one_minus = tf.cast(1.0 - decay, dtype)
+                one_minus_by_dtype[dtype] = (one_minus, -one_minus)
+            one_minus, minus_one_minus = one_minus_by_dtype[dtype]
             if not self._debias:
-                updates.append(tf.assign_sub(avg, (avg.read_value() - value) * one_minus))
+                updates.append(_move_toward(avg, value, one_minus, minus_one_minus))
                 continue
             biased, local_step = self._debias[i]
-            new_biased = tf.assign_sub(biased, (biased.read_value() - value) * one_minus)
+            new_biased = tf.assign_sub(biased, (_read(biased) - value) * one_minus)
             new_step = tf.assign_add(local_step, 1.0)
             factor = tf.cast(1.0 - tf.pow(decay, new_step), dtype)
             updates.append(tf.assign(avg, new_biased / factor))
@@ -316,13 +334,13 @@ class StochasticWeightAverager(_Averager):
         return entry
 
     def _due(self, step):
-        return tf.logical_or(self.is_entry(step), tf.equal(self.count.read_value(), 0))
+        return tf.logical_or(self.is_entry(step), tf.equal(_read(self.count), 0))
 
     def _apply(self, step):
         entered = self.count.assign_add(tf.cast(self.is_entry(step), tf.int64),
                                         read_value=False)
         with tf.control_dependencies([entered]):
-            count = self.count.read_value()
+            count = _read(self.count)
         first = tf.less_equal(count, 1)
         count_by_dtype = {}
         updates = []
@@ -331,7 +349,7 @@ class StochasticWeightAverager(_Averager):
             dtype = avg.dtype.base_dtype
             if dtype not in count_by_dtype:
                 count_by_dtype[dtype] = tf.cast(tf.maximum(count, 1), dtype)
-            old = avg.read_value()
+            old = _read(avg)
             mean = old + (value - old) / count_by_dtype[dtype]
             updates.append(tf.assign(avg, tf.where_v2(first, value, mean)))
         return tf.group(*updates)
@@ -347,14 +365,14 @@ class StochasticWeightAverager(_Averager):
     def _summaries(self):
         """The number of entries (`<name>/num_entries`: a `<name>/count` tag would
         clash with the variable's op name), then the distance to the weights."""
-        return ([("num_entries", tf.cast(self.count.read_value(), tf.float32))]
+        return ([("num_entries", tf.cast(_read(self.count), tf.float32))]
                 + super(StochasticWeightAverager, self)._summaries())
 
 
 def _create_count(name, initial_value, global_step):
     """Creates the int64 variable `<name>/count` next to the global step."""
     expected = count_name(name)
-    with tf.init_scope(), tf.colocate_with(global_step), tf.name_scope(name + "/"):
+    with tf.init_scope(), global_step.graph.colocate_with(global_step), tf.name_scope(name + "/"):
         count = tf.Variable(tf.constant(initial_value, tf.int64), name="count",
                             trainable=False, use_resource=True,
                             collections=[tf.GraphKeys.GLOBAL_VARIABLES])
@@ -363,6 +381,24 @@ def _create_count(name, initial_value, global_step):
             "The graph already has an average named %r (variable %s); use another "
             "'name'." % (name, expected))
     return count
+
+
+def _move_toward(avg, value, fraction, minus_fraction):
+    """The op `avg <- avg - fraction * (avg - value)` (`minus_fraction` is
+    `-fraction`, computed once for all variables).
+
+    A reference variable (TF 1) is updated in place by two kernels and no
+    temporary, `avg <- avg - fraction * avg`, then `avg <- avg + fraction * value`.
+    A resource variable's read holds its buffer, so an in-place kernel reading it
+    would copy it: there the difference is the one temporary, and one kernel
+    applies it, `avg <- avg - fraction * (avg - value)`.
+    """
+    if hasattr(avg, "handle"):
+        return tf.raw_ops.ResourceApplyGradientDescent(
+            var=avg.handle, alpha=fraction, delta=_read(avg) - value)
+    scaled = tf.raw_ops.ApplyGradientDescent(var=avg, alpha=fraction, delta=_read(avg))
+    with tf.control_dependencies([scaled]):
+        return tf.raw_ops.ApplyGradientDescent(var=avg, alpha=minus_fraction, delta=value).op
 
 
 def _false():

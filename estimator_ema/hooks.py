@@ -5,19 +5,35 @@ import logging
 from estimator_ema import _averaging
 from estimator_ema._compat import tf
 from estimator_ema._distribution import check_hook_strategy
-from estimator_ema._graphs import ancestors
+from estimator_ema._graphs import adds_one, adds_one_to, ancestors
 
 logger = logging.getLogger("estimator_ema")
 
 
 class _AveragingHook(tf.train.SessionRunHook):
-    """Runs an averager's update after every training step.
+    """Runs an averager's update after every training step, in the cheapest
+    way the graph allows (decided in `begin()` and at the first run):
 
-    When the graph's `TRAIN_OP` collection names the training ops, the update
-    joins the step's session run, ordered after them and after `UPDATE_OPS`;
-    otherwise it runs in a separate session run right after each step, and the
-    hook logs that once. Subclasses validate their options and name the
-    averager class.
+    - woven: when the graph's `TRAIN_OP` collection holds a single op that adds
+      one to the global step (what `Optimizer.minimize(global_step=...)`
+      builds), the update is ordered after that op's inputs (every variable
+      update) and `UPDATE_OPS`, and the increment after the update, by a
+      control input added to it. The update then runs whenever the train op
+      runs, and the hook fetches nothing.
+    - chained: otherwise, when the step's fetches run every `TRAIN_OP` op, the
+      update joins the step's session run as a fetch, ordered after those ops
+      and `UPDATE_OPS`.
+    - separate: otherwise (a Keras optimizer, say) it runs in a separate session
+      run right after each step, and the hook logs that once.
+
+    When only every `k`-th step's update can change anything (`every_n_steps`)
+    and the step's fetches provably add one to the global step, the update is
+    chained or separate, and the hook counts steps in Python and leaves the
+    other runs alone: no fetch, no extra run. Each due run reads the global
+    step back; if something else moved it, the hook warns and runs the update
+    (which checks the global step itself) with every step from then on.
+
+    Subclasses validate their options and name the averager class.
     """
 
     # The averager class: `_make_averager(options, graph)` builds it in begin().
@@ -42,42 +58,109 @@ class _AveragingHook(tf.train.SessionRunHook):
                 "own, which may not save the averages (tf.keras.estimator.model_to_estimator "
                 "in TF 2 needs checkpoint_format='saver').", type(self).__name__)
         self._train_ops = list(graph.get_collection(tf.GraphKeys.TRAIN_OP))
-        self._in_step = None
+        update_ops = list(graph.get_collection(tf.GraphKeys.UPDATE_OPS))
+        self._period = self._averager.period()
+        self._mode = None
+        self._counting = False
+        self._next_step = None
+        self._woven = self._weave(update_ops)
         self._chained_update = None
-        if self._train_ops:
-            after = self._train_ops + list(graph.get_collection(tf.GraphKeys.UPDATE_OPS))
-            self._chained_update = self._averager.update(after=after)
-        self._separate_update = self._averager.update()
+        if self._train_ops and self._woven is None:
+            self._chained_update = self._with_step(
+                self._averager.update(after=self._train_ops + update_ops))
+        self._separate_update = self._with_step(self._averager.update())
         self._averager.add_summaries()
 
+    def _weave(self, update_ops):
+        """Orders an update before the single TRAIN_OP op if it adds one to the
+        global step and nothing it would wait for needs it; returns that op, or None."""
+        if self._period != 1 or len(self._train_ops) != 1:
+            return None
+        increment = self._train_ops[0]
+        # What the increment waits for: its control inputs and its added value's
+        # op (which carries them when they were given to both).
+        after = [t.op for t in increment.inputs[1:]] + list(increment.control_inputs) + update_ops
+        if (not adds_one_to(increment, self._averager.global_step)
+                or increment in ancestors(after)):
+            return None
+        increment._add_control_input(self._averager.update(after=after, step_offset=1))
+        return increment
+
+    def _with_step(self, update):
+        """(update, the global step read after it, or None if steps are never counted)."""
+        if self._period == 1:
+            return update, None
+        with tf.control_dependencies([update]):
+            return update, _averaging.read_step(self._averager.global_step)
+
+    def _fetch(self, update):
+        """What a due run fetches: the update, and the global step if counting."""
+        return update if self._counting else update[0]
+
+    def after_create_session(self, session, coord):
+        # A new session may have restored another global step.
+        self._next_step = None
+
     def before_run(self, run_context):
-        if self._in_step is None:
-            self._in_step = self._can_join(run_context.original_args.fetches)
-        if self._in_step:
-            return tf.train.SessionRunArgs(self._chained_update)
+        if self._mode is None:
+            fetches = run_context.original_args.fetches
+            self._mode = self._choose_mode(fetches)
+            self._counting = self._mode != "woven" and self._can_count(fetches)
+        self._skip = (self._counting and self._next_step is not None
+                      and self._next_step % self._period != 0)
+        if self._mode == "chained" and not self._skip:
+            return tf.train.SessionRunArgs(self._fetch(self._chained_update))
         return None
 
-    def _can_join(self, fetches):
-        """Whether the step's fetches run every TRAIN_OP op, so the update can
-        join the step's session run without running anything the step would not."""
+    def _choose_mode(self, fetches):
+        """The mode for runs of `fetches`: "woven", "chained" or "separate" (see
+        the class docstring); logs the reason for "separate"."""
+        name = type(self).__name__
         if not self._train_ops:
             logger.info(
                 "%s: the graph's TRAIN_OP collection is empty (a Keras optimizer?); "
-                "averages are updated in a separate session run after each step.",
-                type(self).__name__)
-            return False
+                "averages are updated in a separate session run after each step.", name)
+            return "separate"
         ran = ancestors(fetches)
         missing = [op.name for op in self._train_ops if op not in ran]
         if missing:
             logger.info(
                 "%s: the step does not run TRAIN_OP op(s) %s; averages are updated "
-                "in a separate session run after each step.", type(self).__name__, missing)
-            return False
-        return True
+                "in a separate session run after each step.", name, missing)
+            return "separate"
+        return "woven" if self._woven is not None else "chained"
+
+    def _can_count(self, fetches):
+        """Whether not-due runs can be told in Python: updates are periodic and
+        each run adds exactly one to a global step no other task shares."""
+        step = self._averager.global_step
+        return (self._period > 1 and "/job:ps" not in step.device
+                and adds_one(ancestors(fetches), step))
 
     def after_run(self, run_context, run_values):
-        if not self._in_step:
-            run_context.session.run(self._separate_update)
+        if self._mode == "woven":
+            return
+        if self._skip:
+            self._next_step += 1
+            return
+        if self._mode == "chained":
+            results = run_values.results
+        else:
+            results = run_context.session.run(self._fetch(self._separate_update))
+        if self._counting:
+            self._check_count(int(results[1]))
+
+    def _check_count(self, step):
+        """Takes the global step after a due run: the count goes on from it, or,
+        if it is not what the count said, counting stops."""
+        if self._next_step is not None and step != self._next_step:
+            logger.warning(
+                "%s: the global step is %d after this run where counting the runs gave %d, "
+                "so something else moves it and an update due in between may have been "
+                "missed; the update (which checks the global step itself) runs with "
+                "every step from now on.", type(self).__name__, step, self._next_step)
+            self._counting = False
+        self._next_step = step + 1
 
 
 class ExponentialMovingAverageHook(_AveragingHook):
@@ -95,8 +178,12 @@ class ExponentialMovingAverageHook(_AveragingHook):
     When the graph's `TRAIN_OP` collection names the training ops (every
     `tf.compat.v1.train.Optimizer` adds its apply op there), the update runs in
     the same session run as the step, ordered after those ops and after
-    `UPDATE_OPS`. Otherwise (a Keras optimizer, say) it runs in a separate
-    session run right after each step, and the hook logs that once.
+    `UPDATE_OPS`; when that collection is the single global-step increment of
+    `minimize(..., global_step=...)`, `begin()` orders the update before the
+    increment and the hook fetches nothing. Otherwise (a Keras optimizer, say)
+    it runs in a separate session run right after each step, and the hook logs
+    that once. With `every_n_steps=k` the hook leaves not-due runs alone when
+    it can count steps (see `_AveragingHook`).
 
     Example:
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import estimator_ema
-from conftest import (ema_oracle, estimator, input_fn, load, sgd_weights,
+from conftest import (ema_oracle, estimator, input_fn, linear_model_fn, load, sgd_weights,
                       summary_tags, tf1)
 
 EMA = "ExponentialMovingAverage"
@@ -28,11 +28,87 @@ def test_matches_numpy_oracle(model_dir, optimizer, num_updates):
     assert_averages(model_dir, ema_oracle(trajectory, 0.8, num_updates=num_updates))
 
 
+class FetchRecordingHook(estimator_ema.ExponentialMovingAverageHook):
+    """Records, run by run, whether the hook asked the run for anything."""
+
+    def begin(self):
+        super(FetchRecordingHook, self).begin()
+        self.fetched = []
+
+    def before_run(self, run_context):
+        args = super(FetchRecordingHook, self).before_run(run_context)
+        self.fetched.append(args is not None)
+        return args
+
+
+@pytest.mark.parametrize("optimizer", ["v1", "keras"])
 @pytest.mark.parametrize("every_n_steps", [2, 5])
-def test_every_n_steps_uses_decay_to_the_k(model_dir, every_n_steps):
+def test_every_n_steps_uses_decay_to_the_k(model_dir, optimizer, every_n_steps):
     hook = estimator_ema.ExponentialMovingAverageHook(0.8, every_n_steps=every_n_steps)
-    estimator(model_dir).train(input_fn, steps=12, hooks=[hook])
+    estimator(model_dir, optimizer).train(input_fn, steps=12, hooks=[hook])
     assert_averages(model_dir, ema_oracle(sgd_weights(12), 0.8, every_n_steps=every_n_steps))
+
+
+def test_every_n_steps_leaves_runs_that_are_not_due_alone(tmp_path):
+    hook = FetchRecordingHook(0.8, every_n_steps=5)
+    est = estimator(tmp_path)
+    est.train(input_fn, steps=12, hooks=[hook])
+    # The first run reads the global step; then only steps 5 and 10 are due.
+    assert hook.fetched == [s in (1, 5, 10) for s in range(1, 13)]
+    # A second train() restores step 12 and counts on from it.
+    est.train(input_fn, steps=4, hooks=[hook])
+    assert hook.fetched == [s in (13, 15) for s in range(13, 17)]
+    expected = ema_oracle(sgd_weights(16), 0.8, every_n_steps=5)
+    assert_averages(tmp_path, expected)
+
+
+def test_update_is_woven_into_the_train_op_and_the_hook_fetches_nothing(model_dir):
+    hook = FetchRecordingHook(0.8)
+    estimator(model_dir).train(input_fn, steps=6, hooks=[hook])
+    assert hook.fetched == [False] * 6
+    assert_averages(model_dir, ema_oracle(sgd_weights(6), 0.8))
+
+
+def model_fn_with_update_op_after_the_train_op(features, labels, mode, params):
+    """The linear model, plus an UPDATE_OPS op that waits for the train op."""
+    spec = linear_model_fn(features, labels, mode, params)
+    with tf.control_dependencies([spec.train_op]):
+        after = tf1.assign_add(tf1.get_variable("after", [], initializer=tf1.zeros_initializer(),
+                                                trainable=False), 1.0)
+    tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, after)
+    return spec._replace(train_op=tf.group(spec.train_op, after))
+
+
+def test_update_is_fetched_when_weaving_would_make_a_cycle(model_dir):
+    hook = FetchRecordingHook(0.8)
+    estimator(model_dir, model_fn=model_fn_with_update_op_after_the_train_op).train(
+        input_fn, steps=4, hooks=[hook])
+    assert hook.fetched == [True] * 4
+    assert load(model_dir, "after") == 4.0
+    assert_averages(model_dir, ema_oracle(sgd_weights(4), 0.8))
+
+
+def test_counting_stops_with_a_warning_when_something_else_moves_the_step(
+        model_dir, caplog):
+    class MoveStepAfterSecondRun(tf1.train.SessionRunHook):
+        def begin(self):
+            self._runs = 0
+            self._move = tf1.assign_add(tf1.train.get_global_step(), 1)
+
+        def after_run(self, run_context, run_values):
+            self._runs += 1
+            if self._runs == 2:
+                run_context.session.run(self._move)
+
+    hook = FetchRecordingHook(0.8, every_n_steps=3)
+    estimator(model_dir).train(input_fn, steps=6,
+                               hooks=[hook, MoveStepAfterSecondRun()])
+    # Run 1 reads step 1, run 2 (step 2) is skipped, the mover makes it 3, run 3
+    # (counted as step 3, due) finds step 4: from then on every run fetches.
+    assert hook.fetched == [True, False, True, True, True]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([m for m in warnings if "counting the runs gave 3" in m]) == 1
+    assert "the global step is 4 after this run" in "".join(warnings)
 
 
 def test_zero_debias(model_dir):
