@@ -103,25 +103,24 @@ class _AveragingHook(tf.train.SessionRunHook):
 
     def before_run(self, run_context):
         if self._mode is None:
-            fetches = run_context.original_args.fetches
-            self._mode = self._choose_mode(fetches)
-            self._counting = self._mode != "woven" and self._can_count(fetches)
+            ran = ancestors(run_context.original_args.fetches)
+            self._mode = self._choose_mode(ran)
+            self._counting = self._mode != "woven" and self._can_count(ran)
         self._skip = (self._counting and self._next_step is not None
                       and self._next_step % self._period != 0)
         if self._mode == "chained" and not self._skip:
             return tf.train.SessionRunArgs(self._fetch(self._chained_update))
         return None
 
-    def _choose_mode(self, fetches):
-        """The mode for runs of `fetches`: "woven", "chained" or "separate" (see
-        the class docstring); logs the reason for "separate"."""
+    def _choose_mode(self, ran):
+        """The mode for runs of the ops `ran`: "woven", "chained" or "separate"
+        (see the class docstring); logs the reason for "separate"."""
         name = type(self).__name__
         if not self._train_ops:
             logger.info(
                 "%s: the graph's TRAIN_OP collection is empty (a Keras optimizer?); "
                 "averages are updated in a separate session run after each step.", name)
             return "separate"
-        ran = ancestors(fetches)
         missing = [op.name for op in self._train_ops if op not in ran]
         if missing:
             logger.info(
@@ -130,12 +129,13 @@ class _AveragingHook(tf.train.SessionRunHook):
             return "separate"
         return "woven" if self._woven is not None else "chained"
 
-    def _can_count(self, fetches):
+    def _can_count(self, ran):
         """Whether not-due runs can be told in Python: updates are periodic and
-        each run adds exactly one to a global step no other task shares."""
+        each run of the ops `ran` adds exactly one to a global step no other
+        task shares."""
         step = self._averager.global_step
         return (self._period > 1 and "/job:ps" not in step.device
-                and adds_one(ancestors(fetches), step))
+                and adds_one(ran, step))
 
     def after_run(self, run_context, run_values):
         if self._mode == "woven":
