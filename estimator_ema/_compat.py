@@ -48,5 +48,7 @@ tf = _tf.compat.v1
 """`tf.compat.v1`: everything in this package builds TF1-style graphs."""
 
 tf_estimator = _tf.estimator
+ESTIMATOR_CLASSES = (_tf.estimator.Estimator, _tf.compat.v1.estimator.Estimator)
+"""Every Estimator base class: in TF 2 the v1 Estimator is not a tf.estimator.Estimator."""
 Variable = _tf.Variable
 IS_TF1 = _tf.__version__.startswith("1.")
