@@ -7,7 +7,8 @@ checkpoints this package writes, and the other way round.
 """
 
 from estimator_ema import _checks
-from estimator_ema._compat import tf
+from estimator_ema._compat import IS_TF1, tf
+from estimator_ema._graphs import AVERAGING_SCOPES
 from estimator_ema._selection import Selection
 
 EMA_NAME = "ExponentialMovingAverage"
@@ -165,7 +166,9 @@ class _Averager(object):
         The update belongs to the global step it reads plus `step_offset`: 1 when
         it runs before the op that increments the global step.
         """
-        with tf.name_scope(self.options.name + "_update"):
+        graph = self.global_step.graph
+        with tf.name_scope(self.options.name + "_update") as scope:
+            graph.add_to_collection(AVERAGING_SCOPES, scope)
             with tf.control_dependencies(list(after)):
                 step = read_step(self.global_step)
                 if step_offset:
@@ -173,7 +176,18 @@ class _Averager(object):
                 due = self._due(step)
                 if due is None:
                     return self._apply(step)
-                return tf.group(tf.cond(due, lambda: self._apply_then_true(step), _false))
+                if not self._gate_in_graph():
+                    return tf.group(tf.cond(due, lambda: self._apply_then_true(step), _false))
+                return self._apply(step, gate=due)
+
+    def _gate_in_graph(self):
+        """Whether a due-gated update selects values (`tf.where`) rather than
+        branching (`tf.cond`): TF 2's `tf.cond` cannot assign a reference variable."""
+        return not IS_TF1 and any(not hasattr(v, "handle") for v in self._state())
+
+    def _state(self):
+        """Every variable the update writes."""
+        return list(self.averages)
 
     def _due(self, step):
         """None to update after every step, or a bool tensor: update after `step`?"""
@@ -189,8 +203,9 @@ class _Averager(object):
         with tf.control_dependencies([self._apply(step)]):
             return tf.constant(True)
 
-    def _apply(self, step):
-        """The op that updates every average after global step `step` (a tensor)."""
+    def _apply(self, step, gate=None):
+        """The op that updates every average after global step `step` (a tensor);
+        with a bool tensor `gate`, an op that changes nothing unless it is true."""
         raise NotImplementedError
 
     def initialize_from_weights(self):
@@ -268,7 +283,10 @@ class ExponentialMovingAverager(_Averager):
     def period(self):
         return self.options.every_n_steps
 
-    def _apply(self, step):
+    def _state(self):
+        return list(self.averages) + [h for pair in self._debias for h in pair]
+
+    def _apply(self, step, gate=None):
         decay = self.decay(step)
         one_minus_by_dtype = {}
         updates = []
@@ -280,13 +298,19 @@ class ExponentialMovingAverager(_Averager):
                 one_minus_by_dtype[dtype] = (one_minus, -one_minus)
             one_minus, minus_one_minus = one_minus_by_dtype[dtype]
             if not self._debias:
-                updates.append(_move_toward(avg, value, one_minus, minus_one_minus))
+                if gate is None:
+                    updates.append(_move_toward(avg, value, one_minus, minus_one_minus))
+                else:
+                    old = _read(avg)
+                    updates.append(_gated_assign(avg, gate, old - (old - value) * one_minus))
                 continue
             biased, local_step = self._debias[i]
-            new_biased = tf.assign_sub(biased, (_read(biased) - value) * one_minus)
-            new_step = tf.assign_add(local_step, 1.0)
+            old_biased = _read(biased)
+            new_biased = _gated_assign(biased, gate,
+                                       old_biased - (old_biased - value) * one_minus)
+            new_step = _gated_assign(local_step, gate, _read(local_step) + 1.0)
             factor = tf.cast(1.0 - tf.pow(decay, new_step), dtype)
-            updates.append(tf.assign(avg, new_biased / factor))
+            updates.append(_gated_assign(avg, gate, new_biased / factor))
         return tf.group(*updates)
 
     def _summaries(self):
@@ -336,9 +360,11 @@ class StochasticWeightAverager(_Averager):
     def _due(self, step):
         return tf.logical_or(self.is_entry(step), tf.equal(_read(self.count), 0))
 
-    def _apply(self, step):
-        entered = self.count.assign_add(tf.cast(self.is_entry(step), tf.int64),
-                                        read_value=False)
+    def _apply(self, step, gate=None):
+        entry = self.is_entry(step)
+        if gate is not None:
+            entry = tf.logical_and(entry, gate)
+        entered = self.count.assign_add(tf.cast(entry, tf.int64), read_value=False)
         with tf.control_dependencies([entered]):
             count = _read(self.count)
         first = tf.less_equal(count, 1)
@@ -351,7 +377,7 @@ class StochasticWeightAverager(_Averager):
                 count_by_dtype[dtype] = tf.cast(tf.maximum(count, 1), dtype)
             old = _read(avg)
             mean = old + (value - old) / count_by_dtype[dtype]
-            updates.append(tf.assign(avg, tf.where_v2(first, value, mean)))
+            updates.append(_gated_assign(avg, gate, tf.where_v2(first, value, mean)))
         return tf.group(*updates)
 
     def initialize_from_weights(self):
@@ -399,6 +425,14 @@ def _move_toward(avg, value, fraction, minus_fraction):
     scaled = tf.raw_ops.ApplyGradientDescent(var=avg, alpha=fraction, delta=_read(avg))
     with tf.control_dependencies([scaled]):
         return tf.raw_ops.ApplyGradientDescent(var=avg, alpha=minus_fraction, delta=value).op
+
+
+def _gated_assign(var, gate, value):
+    """`var <- value`, or, with a bool tensor `gate`, `var <- gate ? value : var`;
+    returns the value assigned."""
+    if gate is not None:
+        value = tf.where_v2(gate, value, _read(var))
+    return tf.assign(var, value)
 
 
 def _false():

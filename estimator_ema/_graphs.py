@@ -21,7 +21,8 @@ def ancestors(fetches):
     return seen
 
 
-_RESOURCE_READS = frozenset(["ReadVariableOp", "VarIsInitializedOp"])
+_RESOURCE_READS = frozenset(["ReadVariableOp", "VarIsInitializedOp", "ResourceGather",
+                             "ResourceGatherNd", "VariableShape"])
 
 
 def adds_one(ran, variable):
@@ -52,3 +53,150 @@ def _reads(op):
         source = op.inputs[0].dtype
         return source != source.base_dtype
     return op.type in _RESOURCE_READS
+
+
+# Ops that pass a variable's ref or handle on (to a cond branch, a loop, a copy).
+_PASS_THROUGH = frozenset(["Identity", "Switch", "RefSwitch", "Enter", "RefEnter", "Merge",
+                           "RefMerge", "Exit", "RefExit", "NextIteration", "RefNextIteration"])
+_RESTORES = frozenset(["RestoreV2", "Restore", "RestoreSlice"])
+
+AVERAGING_SCOPES = "estimator_ema_averaging_scopes"
+"""Graph collection of the name scopes (ending in '/') of the ops averagers build:
+their reads and writes are not the training step's."""
+
+
+def _carries_variable(tensor):
+    dtype = tensor.dtype
+    return dtype == tf.resource or dtype != dtype.base_dtype
+
+
+def writers(variables, within=None):
+    """Every op that may write one of `variables`, among the ops `within` (a set;
+    None for the whole graph): each consumer of a variable's ref or handle that
+    does more than read it, followed through identities and control-flow
+    plumbing. An op that calls a function with the handle (`If`, `While`,
+    `PartitionedCall`) counts as a writer. Ops that averagers built are left out.
+    """
+    found = set()
+    for var in variables:
+        stack, seen = [var.op.outputs[0]], set()
+        while stack:
+            for op in stack.pop().consumers():
+                if op in seen or (within is not None and op not in within):
+                    continue
+                seen.add(op)
+                if _reads(op):
+                    continue
+                if op.type in _PASS_THROUGH and _carries_variable(op.outputs[0]):
+                    stack.extend(op.outputs)
+                else:
+                    found.add(op)
+    return {op for op in found if not is_averaging_op(op)}
+
+
+def is_averaging_op(op):
+    """Whether an averager built `op` (see `AVERAGING_SCOPES`)."""
+    return op.name.startswith(tuple(op.graph.get_collection(AVERAGING_SCOPES)))
+
+
+def _consumers(op):
+    ops = [c for t in op.outputs for c in t.consumers()]
+    return ops + list(op._control_outputs)
+
+
+def _is_restore_or_initializer(op, variable):
+    """Whether `op` writes `variable` with its initial value or a checkpoint's."""
+    if op is variable.initializer:
+        return True
+    if op.type not in ("Assign", "AssignVariableOp"):
+        return False
+    source = op.inputs[1].op
+    while source.type == "Identity":
+        source = source.inputs[0].op
+    return source.type in _RESTORES
+
+
+def training_ops(global_step, variables):
+    """The ops a training step may fetch as its train op.
+
+    Candidates are the ops, outside control flow, that are or follow a write
+    of the global step (initializers and checkpoint restores aside) and either
+    group other ops (NoOp) or may write the global step or one of `variables`.
+    Of those, the ones no other candidate follows.
+    """
+    seeds = [op for op in writers([global_step])
+             if not _is_restore_or_initializer(op, global_step)]
+    written = writers(list(variables) + [global_step])
+    following = _following(seeds)
+    candidates = {op for op in following
+                  if op._get_control_flow_context() is None
+                  and (op.type == "NoOp" or op in written)}
+    last = [op for op in candidates if not (_following([op]) - {op}) & candidates]
+    return sorted(last, key=lambda op: op.name)
+
+
+def _following(ops):
+    """`ops` and every op that consumes their outputs or waits for them, directly
+    or not, averagers' ops aside."""
+    stack, seen = list(ops), set()
+    while stack:
+        op = stack.pop()
+        if op in seen or is_averaging_op(op):
+            continue
+        seen.add(op)
+        stack.extend(_consumers(op))
+    return seen
+
+
+def _as_op(item):
+    return item if isinstance(item, tf.Operation) else item.op
+
+
+def _function_names(op):
+    names = set()
+    for value in op.node_def.attr.values():
+        if value.HasField("func"):
+            names.add(value.func.name)
+        names.update(f.name for f in value.list.func)
+    return names
+
+
+def _caller(op):
+    """The op of the enclosing graph that runs the function `op` belongs to
+    (a `tf.cond` branch, a loop body), if `op` is wired to that function's
+    outputs; None if running the function does not run `op`."""
+    function = op.graph
+    wired = ancestors(list(function.outputs) + list(getattr(function, "control_outputs", [])))
+    if op not in wired:
+        return None
+    outer = function.outer_graph
+    for candidate in outer.get_operations():
+        if function.name in _function_names(candidate):
+            return candidate
+    return None
+
+
+def update_ops_to_run(graph, ran):
+    """The `UPDATE_OPS` ops (batch-norm statistics) that running the ops `ran`
+    leaves out, for the averaging update to run first.
+
+    An op inside a `tf.cond` or `tf.while_loop` branch that the run already
+    runs is left out; one it does not run cannot be run from outside the
+    branch: ValueError, naming it.
+    """
+    extra = []
+    for item in graph.get_collection(tf.GraphKeys.UPDATE_OPS):
+        op = inner = _as_op(item)
+        while op is not None and op.graph is not graph:
+            op = _caller(op)
+        if op is not None and op in ran:
+            continue
+        if op is None or op._get_control_flow_context() is not None:
+            raise ValueError(
+                "The UPDATE_OPS op %r is built inside a tf.cond or tf.while_loop branch and "
+                "the train op does not run it, so nothing outside the branch can run it "
+                "before the averages are updated. Run it inside the branch (return the "
+                "branch's output under tf.control_dependencies([op])), or build it outside "
+                "the branch." % inner.name)
+        extra.append(op)
+    return extra

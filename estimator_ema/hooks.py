@@ -2,7 +2,7 @@
 
 import logging
 
-from estimator_ema import _averaging
+from estimator_ema import _averaging, _graphs
 from estimator_ema._compat import tf
 from estimator_ema._distribution import check_hook_strategy
 from estimator_ema._graphs import adds_one, adds_one_to, ancestors
@@ -11,27 +11,40 @@ logger = logging.getLogger("estimator_ema")
 
 
 class _AveragingHook(tf.train.SessionRunHook):
-    """Runs an averager's update after every training step, in the cheapest
-    way the graph allows (decided in `begin()` and at the first run):
+    """Runs an averager's update in every training step's own session run,
+    after every op of that run that writes an averaged variable or the
+    global step.
 
-    - woven: when the graph's `TRAIN_OP` collection holds a single op that adds
-      one to the global step (what `Optimizer.minimize(global_step=...)`
-      builds), the update is ordered after that op's inputs (every variable
-      update) and `UPDATE_OPS`, and the increment after the update, by a
-      control input added to it. The update then runs whenever the train op
-      runs, and the hook fetches nothing.
-    - chained: otherwise, when the step's fetches run every `TRAIN_OP` op, the
-      update joins the step's session run as a fetch, ordered after those ops
-      and `UPDATE_OPS`.
-    - separate: otherwise (a Keras optimizer, say) it runs in a separate session
-      run right after each step, and the hook logs that once.
+    In `begin()` the hook finds the ops a training step may fetch as its train
+    op: the last ops, outside control flow, that are or follow a write of the
+    global step and either group ops or write a variable
+    (`minimize(global_step=...)`'s increment, a `tf.group` after a Keras
+    optimizer, a clip after the optimizer, a `tf.cond` around the apply). For
+    each it builds the update, in the cheapest way that op allows:
 
-    When only every `k`-th step's update can change anything (`every_n_steps`)
-    and the step's fetches provably add one to the global step, the update is
-    chained or separate, and the hook counts steps in Python and leaves the
-    other runs alone: no fetch, no extra run. Each due run reads the global
-    step back; if something else moved it, the hook warns and runs the update
-    (which checks the global step itself) with every step from then on.
+    - woven: an increment that adds one to the global step (not on a
+      parameter server) gets the update as a control input, ordered after
+      every op the increment waits for; a `tf.group` (NoOp) gets it after
+      everything it groups. The train op then runs the update, and the hook
+      fetches nothing.
+    - chained: any other op (one that writes a variable itself, say), and
+      every op when only every `k`-th step's update changes anything: the
+      hook fetches the update, ordered after that op.
+
+    `UPDATE_OPS` ops (batch-norm statistics) that the op does not run are run
+    before the update. At the first run the hook checks the run's fetches:
+    every op they run that writes an averaged variable or the global step must
+    come before the update, or the hook raises RuntimeError naming them.
+
+    With `every_n_steps=k` (chained), when each run provably adds one to the
+    global step, the hook counts steps in Python and leaves not-due runs
+    alone: no fetch. Each due run reads the global step back; if something
+    else moved it, the hook warns and fetches the update (which checks the
+    global step itself) with every step from then on.
+
+    When a session starts at global step 0, the hook sets every average to its
+    weight, so the averages start from the weights training starts from
+    (after a warm start or a Scaffold `init_fn`).
 
     Subclasses validate their options and name the averager class.
     """
@@ -57,34 +70,38 @@ class _AveragingHook(tf.train.SessionRunHook):
                 "%s: the graph has no default Saver, so the model_fn's Scaffold brings its "
                 "own, which may not save the averages (tf.keras.estimator.model_to_estimator "
                 "in TF 2 needs checkpoint_format='saver').", type(self).__name__)
-        self._train_ops = list(graph.get_collection(tf.GraphKeys.TRAIN_OP))
-        update_ops = list(graph.get_collection(tf.GraphKeys.UPDATE_OPS))
         self._period = self._averager.period()
-        self._mode = None
-        self._counting = False
-        self._next_step = None
-        self._woven = self._weave(update_ops)
-        self._chained_update = None
-        if self._train_ops and self._woven is None:
-            self._chained_update = self._with_step(
-                self._averager.update(after=self._train_ops + update_ops))
-        self._separate_update = self._with_step(self._averager.update())
+        self._watched = list(self._averager.variables) + [self._averager.global_step]
+        self._plans = {op: self._plan(graph, op)
+                       for op in _graphs.training_ops(
+                           self._averager.global_step, self._averager.variables)}
+        self._runs = {}
+        self._start = self._averager.initialize_from_weights()
         self._averager.add_summaries()
+        self._mode, self._counting, self._next_step = None, False, None
 
-    def _weave(self, update_ops):
-        """Orders an update before the single TRAIN_OP op if it adds one to the
-        global step and nothing it would wait for needs it; returns that op, or None."""
-        if self._period != 1 or len(self._train_ops) != 1:
-            return None
-        increment = self._train_ops[0]
-        # What the increment waits for: its control inputs and its added value's
-        # op (which carries them when they were given to both).
-        after = [t.op for t in increment.inputs[1:]] + list(increment.control_inputs) + update_ops
-        if (not adds_one_to(increment, self._averager.global_step)
-                or increment in ancestors(after)):
-            return None
-        increment._add_control_input(self._averager.update(after=after, step_offset=1))
-        return increment
+    def _plan(self, graph, train_op):
+        """(mode, update, the ops the update comes after) for steps that run `train_op`;
+        mode "refused" and the ValueError when UPDATE_OPS cannot be ordered."""
+        ran = ancestors(train_op)
+        try:
+            extra = _graphs.update_ops_to_run(graph, ran)
+        except ValueError as error:
+            return "refused", error, None
+        step = self._averager.global_step
+        if self._period == 1 and train_op not in ancestors(extra):
+            if adds_one_to(train_op, step) and "/job:ps" not in step.device:
+                after = ([t.op for t in train_op.inputs[1:]] + list(train_op.control_inputs)
+                         + extra)
+                update = self._averager.update(after=after, step_offset=1)
+                train_op._add_control_input(update)
+                return "woven", update, train_op
+            if train_op.type == "NoOp":
+                update = self._averager.update(after=list(train_op.control_inputs) + extra)
+                train_op._add_control_input(update)
+                return "woven", update, None
+        update = self._averager.update(after=[train_op] + extra)
+        return "chained", self._with_step(update), None
 
     def _with_step(self, update):
         """(update, the global step read after it, or None if steps are never counted)."""
@@ -93,41 +110,57 @@ class _AveragingHook(tf.train.SessionRunHook):
         with tf.control_dependencies([update]):
             return update, _averaging.read_step(self._averager.global_step)
 
-    def _fetch(self, update):
-        """What a due run fetches: the update, and the global step if counting."""
-        return update if self._counting else update[0]
-
     def after_create_session(self, session, coord):
         # A new session may have restored another global step.
         self._next_step = None
+        if session.run(self._averager.global_step) == 0:
+            session.run(self._start)
 
     def before_run(self, run_context):
-        if self._mode is None:
-            ran = ancestors(run_context.original_args.fetches)
-            self._mode = self._choose_mode(ran)
-            self._counting = self._mode != "woven" and self._can_count(ran)
+        fetches = run_context.original_args.fetches
+        key = tuple(sorted(getattr(f, "name", repr(f)) for f in tf.nest.flatten(fetches)))
+        if key not in self._runs:
+            self._runs[key] = self._choose(ancestors(fetches))
+        self._mode, self._update, self._counting = self._runs[key]
         self._skip = (self._counting and self._next_step is not None
                       and self._next_step % self._period != 0)
         if self._mode == "chained" and not self._skip:
-            return tf.train.SessionRunArgs(self._fetch(self._chained_update))
+            return tf.train.SessionRunArgs(self._fetch(self._update))
         return None
 
-    def _choose_mode(self, ran):
-        """The mode for runs of the ops `ran`: "woven", "chained" or "separate"
-        (see the class docstring); logs the reason for "separate"."""
+    def _choose(self, ran):
+        """(mode, update, counting) for runs of the ops `ran`; raises RuntimeError
+        when the update cannot follow every write of the run."""
         name = type(self).__name__
-        if not self._train_ops:
-            logger.info(
-                "%s: the graph's TRAIN_OP collection is empty (a Keras optimizer?); "
-                "averages are updated in a separate session run after each step.", name)
-            return "separate"
-        missing = [op.name for op in self._train_ops if op not in ran]
-        if missing:
-            logger.info(
-                "%s: the step does not run TRAIN_OP op(s) %s; averages are updated "
-                "in a separate session run after each step.", name, missing)
-            return "separate"
-        return "woven" if self._woven is not None else "chained"
+        writes = _graphs.writers(self._watched, ran)
+        if not writes:
+            return "idle", None, False
+        chosen = [op for op in self._plans if op in ran]
+        if len(chosen) != 1:
+            raise RuntimeError(
+                "%s: the training step's fetches run %s train op(s) (%s) where the hook "
+                "expects one op that writes the global step after the variables; its writes "
+                "(%s) cannot be ordered before the averaging update. Decorate the model_fn "
+                "with estimator_ema.with_ema / with_swa instead."
+                % (name, len(chosen), _names(chosen) or "none", _names(writes)))
+        mode, update, increment = self._plans[chosen[0]]
+        if mode == "refused":
+            raise update
+        before = ancestors(update[0] if mode == "chained" else update)
+        missed = [op for op in writes if op not in before and op is not increment]
+        if missed:
+            raise RuntimeError(
+                "%s: the training step runs %s, which write averaged variables or the global "
+                "step but are not run by its train op %s, so the averaging update cannot "
+                "follow them. Make the train op run them (tf.group or "
+                "tf.control_dependencies), or decorate the model_fn with "
+                "estimator_ema.with_ema / with_swa." % (name, _names(missed), chosen[0].name))
+        counting = mode == "chained" and self._can_count(ran)
+        return mode, update, counting
+
+    def _fetch(self, update):
+        """What a due run fetches: the update, and the global step if counting."""
+        return update if self._counting else update[0]
 
     def _can_count(self, ran):
         """Whether not-due runs can be told in Python: updates are periodic and
@@ -138,17 +171,13 @@ class _AveragingHook(tf.train.SessionRunHook):
                 and adds_one(ran, step))
 
     def after_run(self, run_context, run_values):
-        if self._mode == "woven":
+        if self._mode != "chained":
             return
         if self._skip:
             self._next_step += 1
             return
-        if self._mode == "chained":
-            results = run_values.results
-        else:
-            results = run_context.session.run(self._fetch(self._separate_update))
         if self._counting:
-            self._check_count(int(results[1]))
+            self._check_count(int(run_values.results[1]))
 
     def _check_count(self, step):
         """Takes the global step after a due run: the count goes on from it, or,
@@ -160,7 +189,13 @@ class _AveragingHook(tf.train.SessionRunHook):
                 "missed; the update (which checks the global step itself) runs with "
                 "every step from now on.", type(self).__name__, step, self._next_step)
             self._counting = False
+            self._runs = {key: (mode, update, False)
+                          for key, (mode, update, _) in self._runs.items()}
         self._next_step = step + 1
+
+
+def _names(ops):
+    return ", ".join(sorted(op.name for op in ops)[:5])
 
 
 class ExponentialMovingAverageHook(_AveragingHook):

@@ -7,7 +7,7 @@ import inspect
 from estimator_ema import _averaging
 from estimator_ema._compat import tf, tf_estimator
 from estimator_ema._distribution import check_decorator_strategy
-from estimator_ema._graphs import ancestors
+from estimator_ema._graphs import ancestors, update_ops_to_run
 from estimator_ema._scaffolds import AveragesSaver, replace_scaffold
 
 EVALUATE_WITH = ("averages", "weights", "both")
@@ -27,8 +27,10 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
     """Decorates a model_fn so it keeps, and uses, exponential moving averages.
 
     TRAIN: the returned `train_op` runs the model_fn's train op, then every
-    `UPDATE_OPS` op (batch-norm statistics, even if the model_fn did not wire
-    them), then the update of every average `a` of a selected weight `w`:
+    `UPDATE_OPS` op it does not run (batch-norm statistics the model_fn did not
+    wire; one built inside a `tf.cond` branch must be wired inside it:
+    ValueError otherwise), then the update of every average `a` of a selected
+    weight `w`:
 
         a <- d * a + (1 - d) * w,    d = min(decay, (1 + n) / (10 + n))
 
@@ -166,7 +168,7 @@ def _train_spec(spec, averager):
             "leave Scaffold.saver unset (Estimator then saves every variable) or use "
             "the averaging hook with a Saver that includes them.")
     graph = tf.get_default_graph()
-    after = [spec.train_op] + list(graph.get_collection(tf.GraphKeys.UPDATE_OPS))
+    after = [spec.train_op] + update_ops_to_run(graph, ancestors(spec.train_op))
     train_op = averager.update(after=after)
     averager.add_summaries()
     initialize = averager.initialize_from_weights()

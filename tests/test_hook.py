@@ -70,20 +70,27 @@ def test_update_is_woven_into_the_train_op_and_the_hook_fetches_nothing(model_di
 
 
 def model_fn_with_update_op_after_the_train_op(features, labels, mode, params):
-    """The linear model, plus an UPDATE_OPS op that waits for the train op."""
+    """The linear model, plus an UPDATE_OPS op that waits for the train op; with
+    params["group"] the train op groups them, otherwise nothing runs it."""
     spec = linear_model_fn(features, labels, mode, params)
     with tf.control_dependencies([spec.train_op]):
         after = tf1.assign_add(tf1.get_variable("after", [], initializer=tf1.zeros_initializer(),
                                                 trainable=False), 1.0)
     tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, after)
-    return spec._replace(train_op=tf.group(spec.train_op, after))
+    if params.get("group"):
+        return spec._replace(train_op=tf.group(spec.train_op, after))
+    return spec
 
 
-def test_update_is_fetched_when_weaving_would_make_a_cycle(model_dir):
+@pytest.mark.parametrize("group", [True, False], ids=["grouped", "unwired"])
+def test_update_op_after_the_train_op(model_dir, group):
+    # Grouped: the update is woven into the group, after both. Unwired: weaving
+    # before the increment would make a cycle, so the hook fetches the update.
     hook = FetchRecordingHook(0.8)
-    estimator(model_dir, model_fn=model_fn_with_update_op_after_the_train_op).train(
-        input_fn, steps=4, hooks=[hook])
-    assert hook.fetched == [True] * 4
+    est = tf.estimator.Estimator(model_fn_with_update_op_after_the_train_op, str(model_dir),
+                                 params={"group": group})
+    est.train(input_fn, steps=4, hooks=[hook])
+    assert hook.fetched == [not group] * 4
     assert load(model_dir, "after") == 4.0
     assert_averages(model_dir, ema_oracle(sgd_weights(4), 0.8))
 
@@ -118,22 +125,18 @@ def test_zero_debias(model_dir):
 
 
 @pytest.mark.parametrize("optimizer", ["v1", "keras"])
-def test_update_runs_in_the_step_when_train_op_collection_allows(model_dir, optimizer, caplog):
-    caplog.set_level(logging.INFO, logger="estimator_ema")
+def test_update_is_woven_into_the_train_op_with_either_optimizer(model_dir, optimizer):
     runs = []
 
     class CountRuns(tf1.train.SessionRunHook):
         def before_run(self, run_context):
             runs.append(1)
 
-    hook = estimator_ema.ExponentialMovingAverageHook(0.9)
+    hook = FetchRecordingHook(0.9)
     estimator(model_dir, optimizer).train(input_fn, steps=3, hooks=[hook, CountRuns()])
-    separate = [r for r in caplog.records if "separate session run" in r.getMessage()]
-    if optimizer == "v1":
-        assert not separate
-    else:
-        assert len(separate) == 1
+    assert hook.fetched == [False] * 3
     assert len(runs) == 3
+    assert_averages(model_dir, ema_oracle(sgd_weights(3), 0.9))
 
 
 def test_second_train_call_continues_the_average(tmp_path):
