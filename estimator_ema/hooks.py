@@ -210,15 +210,13 @@ class ExponentialMovingAverageHook(_AveragingHook):
     variables named `<variable>/ExponentialMovingAverage`, are saved in the
     Estimator's checkpoints and restored when training resumes.
 
-    When the graph's `TRAIN_OP` collection names the training ops (every
-    `tf.compat.v1.train.Optimizer` adds its apply op there), the update runs in
-    the same session run as the step, ordered after those ops and after
-    `UPDATE_OPS`; when that collection is the single global-step increment of
-    `minimize(..., global_step=...)`, `begin()` orders the update before the
-    increment and the hook fetches nothing. Otherwise (a Keras optimizer, say)
-    it runs in a separate session run right after each step, and the hook logs
-    that once. With `every_n_steps=k` the hook leaves not-due runs alone when
-    it can count steps (see `_AveragingHook`).
+    The update runs in the training step's own session run, after every op of
+    that run that writes an averaged variable or the global step (see
+    `_AveragingHook`): woven into the train op when it is the global-step
+    increment or a `tf.group`, so the hook fetches nothing, fetched after the
+    train op otherwise. With `every_n_steps=k` the hook leaves not-due runs
+    alone when it can count steps. A session that starts at global step 0
+    sets the averages to the weights.
 
     Example:
 
@@ -242,7 +240,11 @@ class ExponentialMovingAverageHook(_AveragingHook):
 
     Raises:
       TypeError, ValueError: for bad arguments, at construction.
-      RuntimeError: in `begin()`, when the graph has no global step.
+      RuntimeError: in `begin()`, when the graph has no global step; at the
+        first run, when the step writes an averaged variable or the global
+        step in an op the update cannot follow.
+      ValueError: at the first run, for an `UPDATE_OPS` op inside a `tf.cond`
+        branch that the train op does not run.
     """
 
     _make_averager = _averaging.ExponentialMovingAverager
@@ -273,8 +275,8 @@ class StochasticWeightAveragingHook(_AveragingHook):
     and the number of entries in the int64 variable
     `StochasticWeightAverage/count` (`<name>/...` for another `name`); both
     are saved in the Estimator's checkpoints, so a second `train()` continues
-    the same mean. The update runs in the step's session run or right after
-    it, as for `ExponentialMovingAverageHook`.
+    the same mean. The update runs in the step's own session run, after its
+    writes, as for `ExponentialMovingAverageHook`.
 
     Example:
 
@@ -295,7 +297,11 @@ class StochasticWeightAveragingHook(_AveragingHook):
 
     Raises:
       TypeError, ValueError: for bad arguments, at construction.
-      RuntimeError: in `begin()`, when the graph has no global step.
+      RuntimeError: in `begin()`, when the graph has no global step; at the
+        first run, when the step writes an averaged variable or the global
+        step in an op the update cannot follow.
+      ValueError: at the first run, for an `UPDATE_OPS` op inside a `tf.cond`
+        branch that the train op does not run.
     """
 
     _make_averager = _averaging.StochasticWeightAverager

@@ -97,6 +97,8 @@ AVERAGING = {
     "ema": (dict(decay=0.8), lambda record, start: ema_of(record, 0.8, start), EMA),
     "ema_every_2": (dict(decay=0.8, every_n_steps=2),
                     lambda record, start: ema_of(record, 0.8, start, 2), EMA),
+    "ema_skip_nonfinite": (dict(decay=0.8, skip_nonfinite=True),
+                           lambda record, start: ema_of(record, 0.8, start), EMA),
     "swa": (dict(start_step=3), lambda record, start: swa_of(record, 3, start), SWA),
 }
 
@@ -321,3 +323,45 @@ def test_averages_start_from_weights_a_scaffold_init_fn_set(tmp_path, how, kind)
     assert recorder.record[0][1]["linear/b"] == [1.0]
     reader.saved = [(step, averages) for step, averages in reader.saved if step > 0]
     assert check_every_checkpoint(recorder, reader, oracle) == 4
+
+
+def write_beside_the_train_op_model_fn(features, labels, mode):
+    """The reported loss waits for a write of `w` that the train op does not run."""
+    w, b, predictions = linear(features)
+    loss = tf.reduce_mean(tf.square(predictions - labels))
+    train_op = tf1.train.GradientDescentOptimizer(LEARNING_RATE).minimize(
+        loss, tf1.train.get_or_create_global_step())
+    with tf.control_dependencies([tf1.assign_add(w, tf.zeros_like(w))]):
+        reported = tf.identity(loss)
+    return spec(mode, reported, train_op, predictions)
+
+
+def step_elsewhere_model_fn(features, labels, mode):
+    """The train op writes the weights; a hook increments the global step."""
+    w, b, predictions = linear(features)
+    loss = tf.reduce_mean(tf.square(predictions - labels))
+    increment = tf1.assign_add(tf1.train.get_or_create_global_step(), 1)
+    tf1.add_to_collection("increment", increment)
+    train_op = tf1.train.GradientDescentOptimizer(LEARNING_RATE).minimize(loss)
+    return spec(mode, loss, train_op, predictions)
+
+
+class Increment(tf1.train.SessionRunHook):
+    def before_run(self, run_context):
+        return tf1.train.SessionRunArgs(tf1.get_collection("increment"))
+
+
+def test_the_hook_refuses_a_write_its_update_cannot_follow(tmp_path):
+    est = tf.estimator.Estimator(write_beside_the_train_op_model_fn, str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"the training step runs \S*AssignAdd\S*, "
+                                           r"which write averaged variables or the global step "
+                                           r"but are not run by its train op"):
+        est.train(input_fn, steps=2, hooks=[estimator_ema.ExponentialMovingAverageHook()])
+
+
+def test_the_hook_refuses_a_step_that_writes_without_a_train_op(tmp_path):
+    est = tf.estimator.Estimator(step_elsewhere_model_fn, str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"the training step's fetches run 0 train op\(s\) "
+                                           r"\(none\) where the hook expects one op"):
+        est.train(input_fn, steps=2,
+                  hooks=[estimator_ema.ExponentialMovingAverageHook(), Increment()])

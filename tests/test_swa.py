@@ -74,7 +74,7 @@ def test_mean_matches_numpy_oracle(model_dir, how, start_step, average_period):
 
 @pytest.mark.parametrize("how", ["hook", "decorator"])
 def test_keras_optimizer(model_dir, how):
-    # The hook updates in a separate session run: Keras optimizers leave TRAIN_OP empty.
+    # Keras optimizers leave TRAIN_OP empty; the update still joins the step.
     train(model_dir, how, 10, 3, 2, optimizer="keras")
     assert_swa(model_dir, swa_oracle(sgd_weights(10), 3, 2))
 
