@@ -187,15 +187,21 @@ def cond_apply_model_fn(features, labels, mode):
     return spec(mode, loss, train_op, predictions)
 
 
-def loss_scale_model_fn(features, labels, mode):
-    """The v1 mixed-precision loss-scale optimizer (fixed scale: SGD exactly)."""
+def loss_scale_model_fn(features, labels, mode, params):
+    """The v1 mixed-precision loss-scale optimizer, with a fixed or a dynamic
+    loss scale (which applies inside a `tf.cond`)."""
     w, b, predictions = linear(features, use_resource=True)
     loss = tf.reduce_mean(tf.square(predictions - labels))
     wrapper = (tf1.train.experimental.MixedPrecisionLossScaleOptimizer if IS_TF1
                else tf1.mixed_precision.MixedPrecisionLossScaleOptimizer)
-    optimizer = wrapper(tf1.train.GradientDescentOptimizer(LEARNING_RATE), 128.0)
+    optimizer = wrapper(tf1.train.GradientDescentOptimizer(LEARNING_RATE),
+                        params.get("loss_scale", "dynamic"))
     train_op = optimizer.minimize(loss, tf1.train.get_or_create_global_step())
     return spec(mode, loss, train_op, predictions)
+
+
+def fixed_loss_scale_model_fn(features, labels, mode):
+    return loss_scale_model_fn(features, labels, mode, {"loss_scale": 128.0})
 
 
 def two_optimizers_model_fn(features, labels, mode):
@@ -224,7 +230,8 @@ SHAPES = {
     "ops_after_the_optimizer": clipped_model_fn,
     "keras_optimizer": keras_model_fn,
     "apply_inside_cond": cond_apply_model_fn,
-    "loss_scale_optimizer": loss_scale_model_fn,
+    "dynamic_loss_scale": loss_scale_model_fn,
+    "fixed_loss_scale": fixed_loss_scale_model_fn,
     "two_optimizers": two_optimizers_model_fn,
     "reference_variables": reference_model_fn,
 }
