@@ -22,10 +22,16 @@ Variants:
                 the averages can have (read the weight and the average, write
                 the average, once each), to show how much of a loss is left
 
+With `--baseline DIR`, a second copy of the package, from the source checkout
+DIR (an earlier commit, say), is loaded beside the installed one, and its
+`hook`, `hook_every10` and `with_ema` variants (named `<variant>@baseline`)
+take turns in the same rounds: the ratios of the two versions are then
+measured side by side.
+
 Usage:
 
   python benchmarks/throughput.py [--config big,small] [--rounds 41] [--session bare]
-                                  [--json out.json]
+                                  [--baseline DIR] [--json out.json]
   python benchmarks/throughput.py --quick --json out.json     # smoke run, for CI
 """
 
@@ -118,8 +124,31 @@ def floor_update(train_op):
     return tf.group(*updates)
 
 
+BASELINE = "@baseline"
+PACKAGES = {"": estimator_ema}
+
+
+def load_baseline(source_dir):
+    """Imports the package from the checkout `source_dir` as a second copy,
+    beside the installed one, for the `<variant>@baseline` variants."""
+    installed = {k: m for k, m in sys.modules.items() if k.split(".")[0] == "estimator_ema"}
+    for name in installed:
+        del sys.modules[name]
+    sys.path.insert(0, os.path.abspath(source_dir))
+    try:
+        import estimator_ema as baseline
+    finally:
+        sys.path.pop(0)
+        for name in [k for k in sys.modules if k.split(".")[0] == "estimator_ema"]:
+            del sys.modules[name]
+        sys.modules.update(installed)
+    PACKAGES[BASELINE] = baseline
+
+
 def build(variant, config, session_kind, model_dir):
     """(graph, MonitoredSession, train op) of one variant, ready to run."""
+    variant, _, suffix = variant.partition("@")
+    package = PACKAGES["@" + suffix if suffix else ""]
     graph = tf.Graph()
     with graph.as_default():
         tf1.set_random_seed(0)
@@ -129,7 +158,7 @@ def build(variant, config, session_kind, model_dir):
         labels = tf.constant(rng.randn(*shape).astype(np.float32))
         model_fn = mlp_model_fn(config["layers"], config["width"])
         if variant == "with_ema":
-            model_fn = estimator_ema.with_ema(model_fn, decay=DECAY)
+            model_fn = package.with_ema(model_fn, decay=DECAY)
         spec = model_fn(features, labels, tf.estimator.ModeKeys.TRAIN)
         train_op, hooks = spec.train_op, []
         if variant == "stock":
@@ -142,15 +171,15 @@ def build(variant, config, session_kind, model_dir):
         elif variant == "qa_hook":
             hooks.append(QuestionAndAnswerHook())
         elif variant == "hook":
-            hooks.append(estimator_ema.ExponentialMovingAverageHook(DECAY))
+            hooks.append(package.ExponentialMovingAverageHook(DECAY))
         elif variant == "hook_every10":
-            hooks.append(estimator_ema.ExponentialMovingAverageHook(DECAY, every_n_steps=10))
+            hooks.append(package.ExponentialMovingAverageHook(DECAY, every_n_steps=10))
         elif variant not in ("none", "with_ema"):
             raise ValueError("unknown variant %r" % variant)
         # As Estimator.train does, before the hooks' begin().
         tf1.add_to_collection(tf1.GraphKeys.SAVERS, tf1.train.Saver(sharded=True))
         if session_kind == "estimator":
-            session = estimator_session(spec, hooks, os.path.join(model_dir, variant))
+            session = estimator_session(spec, hooks, os.path.join(model_dir, variant + suffix))
         else:
             session = tf1.train.MonitoredSession(
                 session_creator=tf1.train.ChiefSessionCreator(scaffold=spec.scaffold),
@@ -254,15 +283,23 @@ def main(argv=None):
                              "no other hook, where a hook's own per-run cost shows most")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 rounds of 5 steps, for CI")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="a source checkout of the package (an earlier commit) whose "
+                             "hook, hook_every10 and with_ema variants run in the same rounds")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     tf1.logging.set_verbosity(tf1.logging.ERROR)
     variants = tuple(args.variants.split(","))
     if "none" not in variants:
         variants = ("none",) + variants
+    if args.baseline:
+        load_baseline(args.baseline)
+        variants += tuple(v + BASELINE for v in ("hook", "hook_every10", "with_ema")
+                          if v in variants)
     if args.quick:
         args.rounds, args.steps, args.warmup = 2, 5, 2
     report = {"tensorflow": tf.__version__, "python": platform.python_version(),
+              "baseline": args.baseline,
               "cpu": cpu_model(), "cores": os.cpu_count(), "decay": DECAY,
               "session": args.session, "rounds": args.rounds, "warmup": args.warmup,
               "configs": {}}
@@ -277,11 +314,11 @@ def main(argv=None):
         print("%s: %d layers x %d, batch %d, %d rounds x %d steps, %s session (TF %s)"
               % (name, config["layers"], config["width"], config["batch"], args.rounds,
                  steps, args.session, tf.__version__))
-        print("  %-14s %10s %8s  %-15s %9s" % ("variant", "steps/s", "ratio",
+        print("  %-21s %10s %8s  %-15s %9s" % ("variant", "steps/s", "ratio",
                                                 "ratio quartiles", "cpu ratio"))
         for v in variants:
             r = results[v]
-            print("  %-14s %10.1f %8.3f  %.3f-%.3f     %9.3f"
+            print("  %-21s %10.1f %8.3f  %.3f-%.3f     %9.3f"
                   % ((v, r["steps_per_s"], r["ratio"]) + r["ratio_quartiles"]
                      + (r["cpu_ratio"],)))
         for key, value in sorted(entry.get("targets", {}).items()):

@@ -305,10 +305,14 @@ class ExponentialMovingAverager(_Averager):
                     updates.append(_gated_assign(avg, gate, old - (old - value) * one_minus))
                 continue
             biased, local_step = self._debias[i]
-            old_biased = _read(biased)
-            new_biased = _gated_assign(biased, gate,
-                                       old_biased - (old_biased - value) * one_minus)
-            new_step = _gated_assign(local_step, gate, _read(local_step) + 1.0)
+            if gate is None:  # one kernel each: parameter servers may run several at once
+                new_biased = tf.assign_sub(biased, (_read(biased) - value) * one_minus)
+                new_step = tf.assign_add(local_step, 1.0)
+            else:
+                old_biased = _read(biased)
+                new_biased = _gated_assign(biased, gate,
+                                           old_biased - (old_biased - value) * one_minus)
+                new_step = _gated_assign(local_step, gate, _read(local_step) + 1.0)
             factor = tf.cast(1.0 - tf.pow(decay, new_step), dtype)
             updates.append(_gated_assign(avg, gate, new_biased / factor))
         return tf.group(*updates)

@@ -118,7 +118,7 @@ class _AveragingHook(tf.train.SessionRunHook):
 
     def before_run(self, run_context):
         fetches = run_context.original_args.fetches
-        key = tuple(sorted(getattr(f, "name", repr(f)) for f in tf.nest.flatten(fetches)))
+        key = tuple(map(id, tf.nest.flatten(fetches)))
         if key not in self._runs:
             self._runs[key] = self._choose(ancestors(fetches))
         self._mode, self._update, self._counting = self._runs[key]

@@ -61,3 +61,13 @@ def test_averaging_over_1000_variables_builds_in_linear_time_and_once():
     # About 2.5 s here with TF 2.15 (TensorFlow's own op creation, ~0.2 ms an op);
     # quadratic bookkeeping took over 10 s.
     assert seconds < 10
+
+
+def test_throughput_runs_a_baseline_copy_of_the_package_side_by_side(tmp_path):
+    out = tmp_path / "throughput.json"
+    source = os.path.dirname(BENCHMARKS)
+    _run("throughput.py", tmp_path, "--quick", "--config", "small", "--variants", "hook",
+         "--baseline", source, "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["baseline"] == source
+    assert set(report["configs"]["small"]["variants"]) == {"none", "hook", "hook@baseline"}
