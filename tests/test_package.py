@@ -15,7 +15,9 @@ from estimator_ema import _compat
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PUBLIC_API = [
+    "AveragedBestExporter",
     "AveragedExporter",
+    "AveragedFinalExporter",
     "ExponentialMovingAverageHook",
     "StochasticWeightAveragingHook",
     "__version__",
@@ -37,11 +39,48 @@ def test_public_api_is_pinned():
         assert hasattr(estimator_ema, name)
 
 
+def imported_from_the_source_tree(package_file, repo):
+    """Whether `package_file` (a package's `__init__.py`) is the source tree's own
+    copy, `<repo>/estimator_ema`, rather than an installed one: an environment
+    inside the clone (the Quickstart's `.venv/lib/.../site-packages`) is installed."""
+    location = os.path.realpath(os.path.dirname(os.path.abspath(package_file)))
+    return location == os.path.realpath(os.path.join(repo, "estimator_ema"))
+
+
 def test_tests_run_against_the_installed_package():
-    location = os.path.dirname(os.path.abspath(estimator_ema.__file__))
-    assert not location.startswith(REPO + os.sep), (
+    assert not imported_from_the_source_tree(estimator_ema.__file__, REPO), (
         "estimator_ema was imported from the source tree (%s); install it with "
-        "'pip install .' (not -e) and run pytest from the repository root." % location)
+        "'pip install .' (not -e) and run pytest from the repository root."
+        % os.path.dirname(estimator_ema.__file__))
+
+
+@pytest.mark.parametrize("package_file, source", [
+    ("{repo}/estimator_ema/__init__.py", True),
+    ("{repo}/tests/../estimator_ema/__init__.py", True),
+    ("{repo}/.venv/lib/python3.11/site-packages/estimator_ema/__init__.py", False),
+    ("/usr/lib/python3/site-packages/estimator_ema/__init__.py", False),
+    ("{repo}-copy/estimator_ema/__init__.py", False),
+], ids=["source", "source-via-dotdot", "venv-in-the-clone", "elsewhere", "sibling"])
+def test_installed_copies_are_told_from_the_source_tree(tmp_path, package_file, source):
+    repo = str(tmp_path / "clone")
+    assert imported_from_the_source_tree(package_file.format(repo=repo), repo) is source
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2", "v1-canned", "v2-canned"])
+def test_every_function_taking_an_estimator_takes_v1_v2_and_canned_ones(tmp_path, kind):
+    """The type checks pass; the estimator's empty model_dir is the next error."""
+    module = tf.compat.v1.estimator if kind.startswith("v1") else tf.estimator
+    model_dir = str(tmp_path / "empty")
+    if kind.endswith("canned"):
+        est = module.BaselineRegressor(model_dir=model_dir)
+    else:
+        est = module.Estimator(lambda features, labels, mode: None, model_dir)
+    assert isinstance(estimator_ema.averaged_estimator(est), tf.estimator.Estimator)
+    no_checkpoint = r"'estimator.model_dir' is neither a checkpoint nor a model_dir"
+    with pytest.raises(ValueError, match=no_checkpoint):
+        estimator_ema.export_saved_model(est, str(tmp_path / "export"), lambda: None)
+    with pytest.raises(ValueError, match=no_checkpoint):
+        estimator_ema.update_batch_norm(est, lambda: None, steps=1)
 
 
 def _python(code, **env):
@@ -55,7 +94,7 @@ def test_unsupported_tensorflow_fails_with_one_sentence(tmp_path, version):
     fake = tmp_path / "tensorflow"
     fake.mkdir()
     (fake / "__init__.py").write_text("__version__ = %r\n" % version)
-    result = _python("import estimator_ema", PYTHONPATH=str(tmp_path))
+    result = _python("from estimator_ema import with_ema", PYTHONPATH=str(tmp_path))
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: estimator-ema needs TensorFlow 1.15 on Python 3.7, "
