@@ -13,6 +13,7 @@ from conftest import COMMAND
 from estimator_ema import _compat
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CI = os.path.join(REPO, ".ci", "run")
 
 PUBLIC_API = [
     "AveragedBestExporter",
@@ -181,3 +182,98 @@ def test_demo_plot(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "plot:        %s" % png in result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _ci_function(script, *args, cwd=None):
+    """Runs `script` (arguments $1, $2, ...) in bash with .ci/run's functions defined:
+    sourced, so that the CI itself does not run."""
+    return subprocess.run(["bash", "-c", 'ci=$1; shift; source "$ci"; set -euo pipefail; '
+                           + script, "bash", CI] + [str(a) for a in args],
+                          capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def _quickstart_blocks(readme, out):
+    out.mkdir()
+    result = _ci_function('quickstart_blocks "$1" "$2"', readme, out)
+    assert result.returncode == 0, result.stderr
+    blocks = [(out / ("%d.sh" % (i + 1))).read_text() for i in range(int(result.stdout))]
+    assert sorted(os.listdir(str(out))) == ["%d.sh" % (i + 1) for i in range(len(blocks))]
+    return blocks
+
+
+FAKE_README = """# project
+
+```bash
+echo before
+```
+
+## Quickstart
+
+Text.
+
+```bash
+echo one
+echo two
+```
+
+```python
+print("not a shell block")
+```
+
+### A subsection
+
+```bash
+echo three
+```
+
+## Next
+
+```bash
+echo after
+```
+"""
+
+
+def test_ci_extracts_the_quickstart_bash_blocks(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(FAKE_README)
+    assert _quickstart_blocks(readme, tmp_path / "blocks") == [
+        "echo one\necho two\n", "echo three\n"]
+
+
+def test_the_quickstart_is_two_shell_blocks_the_second_runs_the_tests(tmp_path):
+    blocks = _quickstart_blocks(os.path.join(REPO, "README.md"), tmp_path / "blocks")
+    assert len(blocks) == 2
+    assert blocks[0].startswith("python3 -m venv .venv\n")
+    assert blocks[1] == ".venv/bin/pytest\n"
+
+
+def _git(*args, cwd):
+    subprocess.run(["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com"] + list(args),
+                   cwd=str(cwd), check=True, capture_output=True)
+
+
+def test_ci_runs_the_quickstart_in_a_fresh_clone_and_fails_on_its_exit_code(tmp_path):
+    """A fake repository: block 1 makes the `.venv/bin/python` that CI asks for
+    TensorFlow's version, block 2 exits 5 as pytest does when it collects nothing."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    fake_python = "#!/bin/sh\necho TensorFlow fake\n"
+    (repo / "README.md").write_text(
+        "## Quickstart\n\n```bash\nmkdir -p .venv/bin\nprintf '%s' > .venv/bin/python\n"
+        "chmod +x .venv/bin/python\n```\n\n```bash\ntest -f committed\n"
+        "test ! -f uncommitted\nexit 5\n```\n" % fake_python.replace("\n", "\\n"))
+    (repo / "committed").write_text("")
+    _git("init", "-q", cwd=repo)
+    _git("add", ".", cwd=repo)
+    _git("commit", "-q", "-m", "fake", cwd=repo)
+    (repo / "uncommitted").write_text("")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = _ci_function('work="$1"; run_quickstart quick', work, cwd=repo)
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "(uncommitted changes are not in the clone)" in result.stdout
+    assert "TensorFlow fake" in result.stdout
+    assert "--- Quickstart block 2:\n    test -f committed\n" in result.stdout
+    assert (work / "quick" / ".venv" / "bin" / "python").exists()
+    assert not (repo / ".venv").exists()
