@@ -1,25 +1,43 @@
-"""Weight averaging (EMA and SWA) for TensorFlow Estimators."""
+"""Weight averaging (EMA and SWA) for TensorFlow Estimators.
+
+The public names are imported from their modules on first use, so
+`import estimator_ema` alone (and `estimator-ema --help`) does not import
+TensorFlow; the first name used imports it and checks its version
+(`from estimator_ema import with_ema` raises ImportError on an unsupported one).
+"""
+
+import importlib
 
 from estimator_ema._version import __version__
-from estimator_ema.batch_norm import update_batch_norm
-from estimator_ema.checkpoints import (read_averages, restore_averages,
-                                       warm_start_from_averages, write_averaged_checkpoint)
-from estimator_ema.export import AveragedExporter, averaged_estimator, export_saved_model
-from estimator_ema.hooks import ExponentialMovingAverageHook, StochasticWeightAveragingHook
-from estimator_ema.model_fn import with_ema, with_swa
 
-__all__ = [
-    "AveragedExporter",
-    "ExponentialMovingAverageHook",
-    "StochasticWeightAveragingHook",
-    "__version__",
-    "averaged_estimator",
-    "export_saved_model",
-    "read_averages",
-    "restore_averages",
-    "warm_start_from_averages",
-    "write_averaged_checkpoint",
-    "update_batch_norm",
-    "with_ema",
-    "with_swa",
-]
+_MODULES = {
+    "AveragedBestExporter": "export",
+    "AveragedExporter": "export",
+    "AveragedFinalExporter": "export",
+    "ExponentialMovingAverageHook": "hooks",
+    "StochasticWeightAveragingHook": "hooks",
+    "averaged_estimator": "export",
+    "export_saved_model": "export",
+    "read_averages": "checkpoints",
+    "restore_averages": "checkpoints",
+    "update_batch_norm": "batch_norm",
+    "warm_start_from_averages": "checkpoints",
+    "with_ema": "model_fn",
+    "with_swa": "model_fn",
+    "write_averaged_checkpoint": "checkpoints",
+}
+"""Each public name and the module (`estimator_ema.<module>`) that defines it."""
+
+__all__ = ["__version__"] + sorted(_MODULES)
+
+
+def __getattr__(name):
+    if name not in _MODULES:
+        raise AttributeError("module 'estimator_ema' has no attribute %r" % (name,))
+    value = getattr(importlib.import_module("estimator_ema." + _MODULES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

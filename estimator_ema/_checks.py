@@ -7,9 +7,20 @@ Every message has one format: it names the argument and the value, e.g.
 import numbers
 import re
 
+from estimator_ema._compat import ESTIMATOR_CLASSES
+
 
 def _describe(value):
     return "%r" % (value,)
+
+
+def check_estimator(estimator, argument="estimator"):
+    """Returns `estimator` if it is a v1 or v2 Estimator (canned ones included)."""
+    if not isinstance(estimator, ESTIMATOR_CLASSES):
+        raise TypeError("'%s' must be a tf.estimator.Estimator or a "
+                        "tf.compat.v1.estimator.Estimator (got %s)."
+                        % (argument, _describe(estimator)))
+    return estimator
 
 
 def check_decay(decay):

@@ -67,10 +67,11 @@ def update_batch_norm(estimator, input_fn, *, steps, name=_averaging.SWA_NAME,
         tf.estimator.Estimator(model_fn, "/tmp/swa_bn").evaluate(eval_input_fn)
 
     Args:
-      estimator: the `tf.estimator.Estimator` trained with SWA (hook or
-        decorator). A decorated model_fn's EVAL reads the averages, which the
-        new checkpoint does not hold: evaluate it with the undecorated
-        model_fn or `evaluate_with="weights"`.
+      estimator: the `tf.estimator.Estimator` or `tf.compat.v1.estimator.Estimator`
+        (canned ones too) trained with SWA (hook or decorator). A decorated
+        model_fn's EVAL reads the averages, which the new checkpoint does not
+        hold: evaluate it with the undecorated model_fn or
+        `evaluate_with="weights"`.
       input_fn: training input_fn, called as Estimator calls it in TRAIN mode.
       steps: positive int, the number of batches (fewer if the input ends
         first; a warning says so).
@@ -87,8 +88,7 @@ def update_batch_norm(estimator, input_fn, *, steps, name=_averaging.SWA_NAME,
         has no averages named `name`, the model has no batch-norm statistic
         updated in TRAIN mode, or `input_fn` gives no batch.
     """
-    if not isinstance(estimator, tf_estimator.Estimator):
-        raise TypeError("'estimator' must be a tf.estimator.Estimator (got %r)." % (estimator,))
+    _checks.check_estimator(estimator)
     if not callable(input_fn):
         raise TypeError("'input_fn' must be callable (got %r)." % (input_fn,))
     steps = _checks.check_positive_int("steps", steps)

@@ -1,4 +1,8 @@
-"""The `estimator-ema` command."""
+"""The `estimator-ema` command.
+
+TensorFlow is imported only once a command runs (`--help` and argument errors
+never import it), after `_quiet_tensorflow` has set this process's logging.
+"""
 
 import argparse
 import os
@@ -96,8 +100,14 @@ def run_export(path, out_prefix, name, drop_optimizer_slots, out):
 
 
 def _quiet_tensorflow():
-    """The CLI's own choice: TensorFlow's INFO chatter off for this process."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """The CLI's own choice, for its own process (the library never does this):
+    no TensorFlow log lines around the command's output and errors.
+
+    TF_CPP_MIN_LOG_LEVEL=3 must be set before TensorFlow is imported; it also
+    hides the ERROR lines that GPU builds print at start-up without a GPU. A
+    value the user has set is kept (TF_CPP_MIN_LOG_LEVEL=0 shows everything).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from estimator_ema._compat import tf
     tf.logging.set_verbosity(tf.logging.ERROR)
 

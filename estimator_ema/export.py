@@ -3,14 +3,80 @@
 A SavedModel from here holds the averages under the plain variable names and
 no average variables. `Estimator.export_saved_model` both restores and saves
 with the scaffold's saver; the averaged Estimator's saver
-(`_scaffolds.AveragesSaver`) restores each variable from its average and saves
+(`_CheckpointAveragesSaver`) restores each variable from its average and saves
 under the plain names, so one export writes the averages where serving code
 expects the weights.
 """
 
 from estimator_ema import _averaging, _checks, checkpoints
 from estimator_ema._compat import tf, tf_estimator
-from estimator_ema._scaffolds import AveragesSaver, replace_scaffold
+from estimator_ema._scaffolds import replace_scaffold
+
+
+def _saved_as(var):
+    """`(checkpoint key, slice spec, full shape)` under which a Saver saves `var`:
+    a partitioned variable's part is a slice of its full name."""
+    info = var._get_save_slice_info()
+    if info is not None:
+        return info.full_name, info.spec, list(info.full_shape)
+    return var.op.name, "", var.shape.as_list()
+
+
+class _CheckpointAveragesSaver(tf.train.Saver):
+    """A Saver that restores each variable from its average in the checkpoint it restores.
+
+    Which variables have an average is read from the checkpoint given to
+    `restore`, whichever that is (the model_dir's latest, or `checkpoint_path=`
+    of evaluate, predict or export). Every global variable of the graph is
+    restored, as by Estimator's default Saver: `<v>/<name>` where the checkpoint
+    has it, `<v>` otherwise (optimizer slots, the global step, variables without
+    an average). A partitioned variable's part reads its slice of
+    `<full name>/<name>`. `save` and `saver_def` are those of a plain Saver over
+    the same variables, so a SavedModel exported through it holds the averaged
+    values under the plain names.
+    """
+
+    def __init__(self, variables, name):
+        variables = sorted(variables, key=lambda v: v.op.name)
+        super(_CheckpointAveragesSaver, self).__init__(variables, sharded=True)
+        self._average_name = name
+        self._variables = variables
+        saved_as = [_saved_as(v) for v in variables]
+        with tf.name_scope("restore_averages"), tf.device("/device:CPU:0"):
+            self._prefix = tf.placeholder(tf.string, [], name="prefix")
+            self._keys = tf.placeholder(tf.string, [len(variables)], name="keys")
+            values = tf.raw_ops.RestoreV2(
+                prefix=self._prefix, tensor_names=self._keys,
+                shape_and_slices=[spec for _, spec, _ in saved_as],
+                dtypes=[v.dtype.base_dtype for v in variables])
+        self._restore_op = tf.group(*[tf.assign(v, value) for v, value in zip(variables, values)])
+
+    def restore(self, sess, save_path):
+        """Loads every variable from checkpoint `save_path`, from its average where it has one.
+
+        Raises:
+          ValueError: the checkpoint has no average named `name` for any of
+            the variables, lacks a variable, or holds one with another shape.
+        """
+        shapes = tf.train.NewCheckpointReader(save_path).get_variable_to_shape_map()
+        averages = checkpoints.checkpoint_averages(shapes, self._average_name)
+        keys, missing = [], []
+        for var in self._variables:
+            key, _, shape = _saved_as(var)
+            key = averages.get(key, key)
+            keys.append(key)
+            if key not in shapes:
+                missing.append(key)
+            elif shapes[key] != shape:
+                raise ValueError("Checkpoint %r holds %s with shape %s, but variable %s has "
+                                 "shape %s." % (save_path, key, shapes[key], var.op.name, shape))
+        if missing:
+            raise ValueError("Checkpoint %r has no value for variable(s) %s."
+                             % (save_path, sorted(set(missing))))
+        if not set(keys) & set(averages.values()):
+            raise ValueError("Checkpoint %r has no averages named %r for this model's variables."
+                             % (save_path, self._average_name))
+        sess.run(self._restore_op, {self._prefix: save_path, self._keys: keys})
 
 
 class _AveragedEstimator(tf_estimator.Estimator):
@@ -18,52 +84,73 @@ class _AveragedEstimator(tf_estimator.Estimator):
 
     def __init__(self, estimator, name):
         self._source_estimator = estimator
+        self._exporting = False
         model_fn = estimator.model_fn
-        model_dir = estimator.model_dir
 
         def averaged_model_fn(features, labels, mode, config):
-            if mode == tf_estimator.ModeKeys.TRAIN:
+            # TRAIN is built here only to export it (experimental_mode=TRAIN).
+            if mode == tf_estimator.ModeKeys.TRAIN and not self._exporting:
                 raise ValueError("averaged_estimator() is for evaluate, predict and export; "
                                  "train the original estimator.")
             spec = model_fn(features, labels, mode, config)
-            checkpoint = checkpoints.resolve_checkpoint(model_dir, "estimator.model_dir")
-            graph = tf.get_default_graph()
-            mapping = checkpoints.averaged_variable_map(
-                checkpoints.model_variables(graph), checkpoint, name)
-            return spec._replace(scaffold=replace_scaffold(spec.scaffold,
-                                                           saver=AveragesSaver(mapping)))
+            saver = _CheckpointAveragesSaver(
+                tf.get_default_graph().get_collection(tf.GraphKeys.GLOBAL_VARIABLES), name)
+            return spec._replace(scaffold=replace_scaffold(spec.scaffold, saver=saver,
+                                                           init_fn=self._no_checkpoint))
 
-        super(_AveragedEstimator, self).__init__(averaged_model_fn, model_dir=model_dir,
+        super(_AveragedEstimator, self).__init__(averaged_model_fn, model_dir=estimator.model_dir,
                                                  config=estimator.config)
+
+    def _no_checkpoint(self, session):
+        """Runs when a session starts from initializers instead of a checkpoint
+        (predict without one): there are no averages to use."""
+        raise ValueError("averaged_estimator() found no checkpoint to take the averages from: "
+                         "'estimator.model_dir' has none (got %r); pass 'checkpoint_path'."
+                         % (self.model_dir,))
+
+    def _export_all_saved_models(self, *args, **kwargs):
+        self._exporting = True
+        try:
+            return super(_AveragedEstimator, self)._export_all_saved_models(*args, **kwargs)
+        finally:
+            self._exporting = False
 
 
 def averaged_estimator(estimator, *, name=_averaging.EMA_NAME):
     """An Estimator over the same model_dir whose evaluate/predict/export use the averages.
 
     The returned Estimator builds the original model_fn and restores every
-    variable from its average (`<variable>/<name>`) where the checkpoint has
-    one, from the variable itself otherwise. Its `export_saved_model` (and
-    `experimental_export_all_saved_models`) write SavedModels that hold the
-    averages under the plain variable names. It is the way to evaluate and serve a
-    model trained with `ExponentialMovingAverageHook`:
+    global variable from the checkpoint it evaluates, predicts with or exports
+    (the model_dir's latest, or `checkpoint_path=`): from its average
+    (`<variable>/<name>`) where the checkpoint has one, from the variable
+    itself otherwise (optimizer slots that a model_fn builds in EVAL mode too,
+    the global step). Its `export_saved_model` and
+    `experimental_export_all_saved_models` write SavedModels that hold the
+    averages under the plain variable names, in every mode exported (TRAIN
+    and EVAL too). It is the way to evaluate and serve a model trained with
+    `ExponentialMovingAverageHook`:
 
         averaged = estimator_ema.averaged_estimator(estimator)
         averaged.evaluate(eval_input_fn)
+        averaged.predict(predict_input_fn, checkpoint_path="/models/run1/model.ckpt-500")
         averaged.export_saved_model("/exports", serving_input_receiver_fn)
 
     Args:
-      estimator: a `tf.estimator.Estimator` with checkpoints in its model_dir.
+      estimator: a `tf.estimator.Estimator` or `tf.compat.v1.estimator.Estimator`
+        (canned Estimators included) whose model_dir has checkpoints, or to
+        be used with `checkpoint_path=`.
       name: the averages' suffix, `ExponentialMovingAverage` by default.
 
     Returns:
-      A `tf.estimator.Estimator`; calling its `train` raises ValueError.
+      A `tf.estimator.Estimator`. Its `train` raises ValueError; its evaluate,
+      predict and export raise ValueError when the checkpoint has no averages
+      named `name` for the model's variables, or when there is no checkpoint.
 
     Raises:
       TypeError: `estimator` is not an Estimator, `name` not a string.
       ValueError: a bad `name`.
     """
-    if not isinstance(estimator, tf_estimator.Estimator):
-        raise TypeError("'estimator' must be a tf.estimator.Estimator (got %r)." % (estimator,))
+    _checks.check_estimator(estimator)
     name = _checks.check_name(name)
     if isinstance(estimator, _AveragedEstimator):
         estimator = estimator._source_estimator
@@ -75,7 +162,8 @@ def export_saved_model(estimator, export_dir_base, serving_input_receiver_fn, *,
     """Exports a SavedModel that serves the averages under the plain variable names.
 
     Exports through `averaged_estimator(estimator, name=name)`: each variable
-    is restored from its average and saved under its plain name. The
+    is restored from its average and saved under its plain name, in every
+    mode exported (`experimental_mode=tf.estimator.ModeKeys.TRAIN` too). The
     SavedModel has no average variables (it is the size of a plain export)
     and loads with `tf.saved_model.load` in TF 2 and
     `tf.compat.v1.saved_model.loader.load` in TF 1. Plain
@@ -88,11 +176,12 @@ def export_saved_model(estimator, export_dir_base, serving_input_receiver_fn, *,
             estimator, "/exports", serving_input_receiver_fn)
 
     Args:
-      estimator: a `tf.estimator.Estimator`.
+      estimator: a `tf.estimator.Estimator` or `tf.compat.v1.estimator.Estimator`.
       export_dir_base: str, the directory in which a timestamped export is made.
       serving_input_receiver_fn: as for `Estimator.export_saved_model`.
-      checkpoint_path: str or None, the checkpoint (or model_dir) to export;
-        None for the latest checkpoint in `estimator.model_dir`.
+      checkpoint_path: str or None, the checkpoint (or model_dir) to export,
+        which need not be in `estimator.model_dir`; None for the latest
+        checkpoint in `estimator.model_dir`.
       name: str, the averages' suffix.
       **kwargs: `assets_extra`, `as_text`, `experimental_mode`, passed on to
         `Estimator.export_saved_model`.
@@ -117,7 +206,27 @@ def export_saved_model(estimator, export_dir_base, serving_input_receiver_fn, *,
                                        checkpoint_path=checkpoint, **kwargs)
 
 
-class AveragedExporter(tf_estimator.LatestExporter):
+class _ExportsTheAverages(object):
+    """Mixin for a `tf.estimator.Exporter` class: its exports hold the averages.
+
+    `export` hands the exporter `averaged_estimator(estimator, name=average_name)`,
+    so the evaluated checkpoint's averages are exported as `export_saved_model`
+    exports them, under the plain variable names.
+    """
+
+    def __init__(self, name, serving_input_receiver_fn, *, average_name=_averaging.EMA_NAME,
+                 **kwargs):
+        self._average_name = _checks.check_name(average_name, "average_name")
+        super(_ExportsTheAverages, self).__init__(name, serving_input_receiver_fn, **kwargs)
+
+    def export(self, estimator, export_path, checkpoint_path, eval_result,
+               is_the_final_export):
+        return super(_ExportsTheAverages, self).export(
+            averaged_estimator(estimator, name=self._average_name), export_path,
+            checkpoint_path, eval_result, is_the_final_export)
+
+
+class AveragedExporter(_ExportsTheAverages, tf_estimator.LatestExporter):
     """A `LatestExporter` that exports the averages, for `EvalSpec(exporters=...)`.
 
     After each evaluation in `tf.estimator.train_and_evaluate` it exports the
@@ -134,24 +243,62 @@ class AveragedExporter(tf_estimator.LatestExporter):
       name: str, the exporter's name (the export subdirectory).
       serving_input_receiver_fn: as for `Estimator.export_saved_model`.
       average_name: str, the averages' suffix.
-      assets_extra: dict or None, as for `tf.estimator.LatestExporter`.
-      as_text: bool, write the SavedModel proto as text.
-      exports_to_keep: int or None, how many exports to keep (None: all).
+      **kwargs: `assets_extra`, `as_text`, `exports_to_keep` (default 5; None
+        keeps all), as for `tf.estimator.LatestExporter`.
 
     Raises:
       TypeError, ValueError: for bad arguments, as `LatestExporter` and for
         `average_name`.
     """
 
-    def __init__(self, name, serving_input_receiver_fn, *, average_name=_averaging.EMA_NAME,
-                 assets_extra=None, as_text=False, exports_to_keep=5):
-        self._average_name = _checks.check_name(average_name, "average_name")
-        super(AveragedExporter, self).__init__(
-            name, serving_input_receiver_fn, assets_extra=assets_extra, as_text=as_text,
-            exports_to_keep=exports_to_keep)
 
-    def export(self, estimator, export_path, checkpoint_path, eval_result,
-               is_the_final_export):
-        return super(AveragedExporter, self).export(
-            averaged_estimator(estimator, name=self._average_name), export_path,
-            checkpoint_path, eval_result, is_the_final_export)
+class AveragedBestExporter(_ExportsTheAverages, tf_estimator.BestExporter):
+    """A `BestExporter` that exports the averages, for `EvalSpec(exporters=...)`.
+
+    After an evaluation in `tf.estimator.train_and_evaluate` whose result is the
+    best so far by `compare_fn` (by default the smallest `loss`; earlier
+    evaluations are read from the event files in the model_dir), it exports
+    the evaluated checkpoint's averages under `<model_dir>/export/<name>/<timestamp>`.
+    The result compared is the Estimator's own evaluation: of the averages
+    for a model_fn decorated with `with_ema` / `with_swa`, of the raw weights
+    for a model trained with the hook.
+
+    Example:
+
+        exporter = estimator_ema.AveragedBestExporter("best", serving_input_receiver_fn)
+        eval_spec = tf.estimator.EvalSpec(eval_input_fn, exporters=[exporter])
+
+    Args:
+      name: str, the exporter's name (the export subdirectory).
+      serving_input_receiver_fn: as for `Estimator.export_saved_model`.
+      average_name: str, the averages' suffix.
+      **kwargs: `event_file_pattern`, `compare_fn`, `assets_extra`, `as_text`,
+        `exports_to_keep`, as for `tf.estimator.BestExporter`.
+
+    Raises:
+      TypeError, ValueError: for bad arguments, as `BestExporter` and for
+        `average_name`.
+    """
+
+
+class AveragedFinalExporter(_ExportsTheAverages, tf_estimator.FinalExporter):
+    """A `FinalExporter` that exports the averages, for `EvalSpec(exporters=...)`.
+
+    After the last evaluation of `tf.estimator.train_and_evaluate` it exports
+    the final checkpoint's averages under `<model_dir>/export/<name>/<timestamp>`.
+
+    Example:
+
+        exporter = estimator_ema.AveragedFinalExporter("final", serving_input_receiver_fn)
+        eval_spec = tf.estimator.EvalSpec(eval_input_fn, exporters=[exporter])
+
+    Args:
+      name: str, the exporter's name (the export subdirectory).
+      serving_input_receiver_fn: as for `Estimator.export_saved_model`.
+      average_name: str, the averages' suffix.
+      **kwargs: `assets_extra`, `as_text`, as for `tf.estimator.FinalExporter`.
+
+    Raises:
+      TypeError, ValueError: for bad arguments, as `FinalExporter` and for
+        `average_name`.
+    """

@@ -286,6 +286,6 @@ def test_zero_debiased_moving_mean_is_refused(tmp_path):
 
 
 def test_not_an_estimator():
-    with pytest.raises(TypeError, match=r"'estimator' must be a tf.estimator.Estimator "
-                                        r"\(got 'dir'\)\."):
+    with pytest.raises(TypeError, match=r"'estimator' must be a tf.estimator.Estimator or a "
+                                        r"tf.compat.v1.estimator.Estimator \(got 'dir'\)\."):
         estimator_ema.update_batch_norm("dir", input_fn, steps=1)

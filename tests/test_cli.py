@@ -1,8 +1,9 @@
 """`estimator-ema inspect` and `estimator-ema export`, end to end through the
-installed console script."""
+installed console script; its output free of TensorFlow's logs."""
 
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +111,37 @@ def test_bad_input_is_one_line_and_exit_2(hook_trained, model_dir, tmp_path, cas
                                    "read (truncated or corrupt?): " % (tmp_path / "corrupt"))
     else:
         assert lines[0] == message
+
+
+def _run_as_users_do(*argv):
+    """The console script without the TF_CPP_MIN_LOG_LEVEL that the tests set."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([COMMAND] + [str(a) for a in argv], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_help_has_no_log_lines_and_does_not_import_tensorflow():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-X", "importtime", COMMAND, "--help"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: estimator-ema ")
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert "estimator_ema.cli" in imported
+    assert [name for name in imported if name.startswith("tensorflow")] == []
+    assert _run_as_users_do("--help").stderr == ""
+
+
+def test_inspect_has_no_log_lines(hook_trained, model_dir):
+    result = _run_as_users_do("inspect", model_dir)
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert result.stdout.startswith("checkpoint: %s\n" % tf.train.latest_checkpoint(str(model_dir)))
+
+
+def test_an_error_is_its_one_line_without_log_lines():
+    result = _run_as_users_do("inspect", "/no/such/model")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == ("estimator-ema inspect: error: 'PATH' is neither a checkpoint nor a "
+                             "model_dir (got '/no/such/model').\n")

@@ -13,9 +13,12 @@ from conftest import COMMAND
 from estimator_ema import _compat
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CI = os.path.join(REPO, ".ci", "run")
 
 PUBLIC_API = [
+    "AveragedBestExporter",
     "AveragedExporter",
+    "AveragedFinalExporter",
     "ExponentialMovingAverageHook",
     "StochasticWeightAveragingHook",
     "__version__",
@@ -37,11 +40,48 @@ def test_public_api_is_pinned():
         assert hasattr(estimator_ema, name)
 
 
+def imported_from_the_source_tree(package_file, repo):
+    """Whether `package_file` (a package's `__init__.py`) is the source tree's own
+    copy, `<repo>/estimator_ema`, rather than an installed one: an environment
+    inside the clone (the Quickstart's `.venv/lib/.../site-packages`) is installed."""
+    location = os.path.realpath(os.path.dirname(os.path.abspath(package_file)))
+    return location == os.path.realpath(os.path.join(repo, "estimator_ema"))
+
+
 def test_tests_run_against_the_installed_package():
-    location = os.path.dirname(os.path.abspath(estimator_ema.__file__))
-    assert not location.startswith(REPO + os.sep), (
+    assert not imported_from_the_source_tree(estimator_ema.__file__, REPO), (
         "estimator_ema was imported from the source tree (%s); install it with "
-        "'pip install .' (not -e) and run pytest from the repository root." % location)
+        "'pip install .' (not -e) and run pytest from the repository root."
+        % os.path.dirname(estimator_ema.__file__))
+
+
+@pytest.mark.parametrize("package_file, source", [
+    ("{repo}/estimator_ema/__init__.py", True),
+    ("{repo}/tests/../estimator_ema/__init__.py", True),
+    ("{repo}/.venv/lib/python3.11/site-packages/estimator_ema/__init__.py", False),
+    ("/usr/lib/python3/site-packages/estimator_ema/__init__.py", False),
+    ("{repo}-copy/estimator_ema/__init__.py", False),
+], ids=["source", "source-via-dotdot", "venv-in-the-clone", "elsewhere", "sibling"])
+def test_installed_copies_are_told_from_the_source_tree(tmp_path, package_file, source):
+    repo = str(tmp_path / "clone")
+    assert imported_from_the_source_tree(package_file.format(repo=repo), repo) is source
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2", "v1-canned", "v2-canned"])
+def test_every_function_taking_an_estimator_takes_v1_v2_and_canned_ones(tmp_path, kind):
+    """The type checks pass; the estimator's empty model_dir is the next error."""
+    module = tf.compat.v1.estimator if kind.startswith("v1") else tf.estimator
+    model_dir = str(tmp_path / "empty")
+    if kind.endswith("canned"):
+        est = module.BaselineRegressor(model_dir=model_dir)
+    else:
+        est = module.Estimator(lambda features, labels, mode: None, model_dir)
+    assert isinstance(estimator_ema.averaged_estimator(est), tf.estimator.Estimator)
+    no_checkpoint = r"'estimator.model_dir' is neither a checkpoint nor a model_dir"
+    with pytest.raises(ValueError, match=no_checkpoint):
+        estimator_ema.export_saved_model(est, str(tmp_path / "export"), lambda: None)
+    with pytest.raises(ValueError, match=no_checkpoint):
+        estimator_ema.update_batch_norm(est, lambda: None, steps=1)
 
 
 def _python(code, **env):
@@ -55,7 +95,7 @@ def test_unsupported_tensorflow_fails_with_one_sentence(tmp_path, version):
     fake = tmp_path / "tensorflow"
     fake.mkdir()
     (fake / "__init__.py").write_text("__version__ = %r\n" % version)
-    result = _python("import estimator_ema", PYTHONPATH=str(tmp_path))
+    result = _python("from estimator_ema import with_ema", PYTHONPATH=str(tmp_path))
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: estimator-ema needs TensorFlow 1.15 on Python 3.7, "
@@ -142,3 +182,98 @@ def test_demo_plot(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "plot:        %s" % png in result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _ci_function(script, *args, cwd=None):
+    """Runs `script` (arguments $1, $2, ...) in bash with .ci/run's functions defined:
+    sourced, so that the CI itself does not run."""
+    return subprocess.run(["bash", "-c", 'ci=$1; shift; source "$ci"; set -euo pipefail; '
+                           + script, "bash", CI] + [str(a) for a in args],
+                          capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def _quickstart_blocks(readme, out):
+    out.mkdir()
+    result = _ci_function('quickstart_blocks "$1" "$2"', readme, out)
+    assert result.returncode == 0, result.stderr
+    blocks = [(out / ("%d.sh" % (i + 1))).read_text() for i in range(int(result.stdout))]
+    assert sorted(os.listdir(str(out))) == ["%d.sh" % (i + 1) for i in range(len(blocks))]
+    return blocks
+
+
+FAKE_README = """# project
+
+```bash
+echo before
+```
+
+## Quickstart
+
+Text.
+
+```bash
+echo one
+echo two
+```
+
+```python
+print("not a shell block")
+```
+
+### A subsection
+
+```bash
+echo three
+```
+
+## Next
+
+```bash
+echo after
+```
+"""
+
+
+def test_ci_extracts_the_quickstart_bash_blocks(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(FAKE_README)
+    assert _quickstart_blocks(readme, tmp_path / "blocks") == [
+        "echo one\necho two\n", "echo three\n"]
+
+
+def test_the_quickstart_is_two_shell_blocks_the_second_runs_the_tests(tmp_path):
+    blocks = _quickstart_blocks(os.path.join(REPO, "README.md"), tmp_path / "blocks")
+    assert len(blocks) == 2
+    assert blocks[0].startswith("python3 -m venv .venv\n")
+    assert blocks[1] == ".venv/bin/pytest\n"
+
+
+def _git(*args, cwd):
+    subprocess.run(["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com"] + list(args),
+                   cwd=str(cwd), check=True, capture_output=True)
+
+
+def test_ci_runs_the_quickstart_in_a_fresh_clone_and_fails_on_its_exit_code(tmp_path):
+    """A fake repository: block 1 makes the `.venv/bin/python` that CI asks for
+    TensorFlow's version, block 2 exits 5 as pytest does when it collects nothing."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    fake_python = "#!/bin/sh\necho TensorFlow fake\n"
+    (repo / "README.md").write_text(
+        "## Quickstart\n\n```bash\nmkdir -p .venv/bin\nprintf '%s' > .venv/bin/python\n"
+        "chmod +x .venv/bin/python\n```\n\n```bash\ntest -f committed\n"
+        "test ! -f uncommitted\nexit 5\n```\n" % fake_python.replace("\n", "\\n"))
+    (repo / "committed").write_text("")
+    _git("init", "-q", cwd=repo)
+    _git("add", ".", cwd=repo)
+    _git("commit", "-q", "-m", "fake", cwd=repo)
+    (repo / "uncommitted").write_text("")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = _ci_function('work="$1"; run_quickstart quick', work, cwd=repo)
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "(uncommitted changes are not in the clone)" in result.stdout
+    assert "TensorFlow fake" in result.stdout
+    assert "--- Quickstart block 2:\n    test -f committed\n" in result.stdout
+    assert (work / "quick" / ".venv" / "bin" / "python").exists()
+    assert not (repo / ".venv").exists()
