@@ -5,7 +5,7 @@ import functools
 import inspect
 
 from estimator_ema import _averaging
-from estimator_ema._compat import tf, tf_estimator
+from estimator_ema._compat import ESTIMATOR_CLASSES, tf, tf_estimator
 from estimator_ema._distribution import check_decorator_strategy
 from estimator_ema._graphs import ancestors
 from estimator_ema._scaffolds import AveragesSaver, replace_scaffold
@@ -124,11 +124,14 @@ def with_swa(model_fn=None, *, start_step, average_period=1, variables=None, inc
 def _decorator(model_fn, options, make_averager, evaluate_with, usage):
     """`decorate(model_fn)` or, given `model_fn`, the decorated function.
 
-    `usage` shows the decorator called with an option by keyword, for the
-    message when an option is passed in place of `model_fn`.
+    `decorate` also takes an Estimator: see `_decorated_estimator`. `usage`
+    shows the decorator called with an option by keyword, for the message when
+    an option is passed in place of `model_fn`.
     """
 
     def decorate(fn):
+        if isinstance(fn, ESTIMATOR_CLASSES):
+            return _decorated_estimator(fn, decorate, usage)
         if not callable(fn):
             raise TypeError(
                 "'model_fn' must be callable (got %r); pass the options by keyword, "
@@ -138,19 +141,46 @@ def _decorator(model_fn, options, make_averager, evaluate_with, usage):
     return decorate if model_fn is None else decorate(model_fn)
 
 
+def _decorated_estimator(estimator, decorate, usage):
+    """An Estimator like `estimator` whose model_fn is `decorate(its model_fn)`.
+
+    Same model_dir, config, params and warm start; a `tf.estimator.Estimator`
+    for a v2 Estimator, a `tf.compat.v1.estimator.Estimator` for a v1 one
+    (canned Estimators only add a constructor around their model_fn).
+    """
+    if isinstance(estimator, tf.estimator.tpu.TPUEstimator):
+        raise TypeError(
+            "'model_fn' cannot be a TPUEstimator (got %r): TPUEstimator wraps its model_fn "
+            "for the TPU; decorate the model_fn you give it instead, "
+            "TPUEstimator(model_fn=%s(model_fn), ...)." % (estimator, usage.split("(")[0]))
+    flavour = (tf_estimator.Estimator if isinstance(estimator, tf_estimator.Estimator)
+               else tf.estimator.Estimator)
+    return flavour(model_fn=decorate(estimator._model_fn), model_dir=estimator.model_dir,
+                   config=estimator.config, params=estimator.params,
+                   warm_start_from=estimator._warm_start_settings)
+
+
+def _is_tpu_spec(spec):
+    return isinstance(spec, tf.estimator.tpu.TPUEstimatorSpec)
+
+
 def _averaged_model_fn(fn, options, make_averager, evaluate_with):
     @functools.wraps(fn)
     def averaged_model_fn(*args, **kwargs):
         spec = fn(*args, **kwargs)
-        if not isinstance(spec, tf_estimator.EstimatorSpec):
+        if not isinstance(spec, tf_estimator.EstimatorSpec) and not _is_tpu_spec(spec):
             raise TypeError("The decorated model_fn must return a tf.estimator.EstimatorSpec "
-                            "(got %r)." % (spec,))
+                            "or a TPUEstimatorSpec (got %r)." % (spec,))
         if spec.mode == tf_estimator.ModeKeys.TRAIN:
             check_decorator_strategy()
             return _train_spec(spec, make_averager(options))
         if evaluate_with == "weights":
             return spec
         if evaluate_with == "both" and spec.mode == tf_estimator.ModeKeys.EVAL:
+            if _is_tpu_spec(spec):
+                raise ValueError(
+                    "evaluate_with='both' needs an EstimatorSpec's eval_metric_ops (got a "
+                    "TPUEstimatorSpec); use evaluate_with='averages' or 'weights'.")
             return _both_spec(spec, options, lambda: fn(*args, **kwargs))
         return _averages_spec(spec, options)
 
@@ -159,19 +189,37 @@ def _averaged_model_fn(fn, options, make_averager, evaluate_with):
     return averaged_model_fn
 
 
+def _with_scaffold(spec, change):
+    """`spec` with its Scaffold replaced by `change(scaffold)`.
+
+    A TPUEstimatorSpec's change runs in its `scaffold_fn`, which TPUEstimator
+    calls on the host, outside the TPU computation, once the model is built.
+    """
+    if not _is_tpu_spec(spec):
+        return spec._replace(scaffold=change(spec.scaffold))
+    scaffold_fn = spec.scaffold_fn
+    return spec._replace(
+        scaffold_fn=lambda: change(scaffold_fn() if scaffold_fn else tf.train.Scaffold()))
+
+
 def _train_spec(spec, averager):
-    if spec.scaffold.saver is not None:
-        raise ValueError(
-            "The model_fn's Scaffold has its own Saver, which would not save the averages; "
-            "leave Scaffold.saver unset (Estimator then saves every variable) or use "
-            "the averaging hook with a Saver that includes them.")
     graph = tf.get_default_graph()
     after = [spec.train_op] + list(graph.get_collection(tf.GraphKeys.UPDATE_OPS))
     train_op = averager.update(after=after)
-    averager.add_summaries()
-    initialize = averager.initialize_from_weights()
-    scaffold = replace_scaffold(spec.scaffold, init_fn=lambda session: session.run(initialize))
-    return spec._replace(train_op=train_op, scaffold=scaffold)
+    if not _is_tpu_spec(spec):
+        # Summary ops cannot run inside a TPU computation.
+        averager.add_summaries()
+
+    def initializing_scaffold(scaffold):
+        if scaffold.saver is not None:
+            raise ValueError(
+                "The model_fn's Scaffold has its own Saver, which would not save the "
+                "averages; leave Scaffold.saver unset (Estimator then saves every variable) "
+                "or use the averaging hook with a Saver that includes them.")
+        initialize = averager.initialize_from_weights()
+        return replace_scaffold(scaffold, init_fn=lambda session: session.run(initialize))
+
+    return _with_scaffold(spec._replace(train_op=train_op), initializing_scaffold)
 
 
 def _averages_map(options, graph):
@@ -183,8 +231,11 @@ def _averages_map(options, graph):
 
 
 def _averages_spec(spec, options):
-    saver = AveragesSaver(_averages_map(options, tf.get_default_graph()))
-    return spec._replace(scaffold=replace_scaffold(spec.scaffold, saver=saver))
+    def averages_scaffold(scaffold):
+        saver = AveragesSaver(_averages_map(options, tf.get_default_graph()))
+        return replace_scaffold(scaffold, saver=saver)
+
+    return _with_scaffold(spec, averages_scaffold)
 
 
 def _both_spec(spec, options, build_again):

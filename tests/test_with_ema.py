@@ -352,5 +352,6 @@ def test_positional_decay_is_explained():
 def test_model_fn_must_return_an_estimator_spec():
     model_fn = estimator_ema.with_ema(lambda features, labels, mode: None)
     with pytest.raises(TypeError, match=r"The decorated model_fn must return a "
-                                        r"tf.estimator.EstimatorSpec \(got None\)\."):
+                                        r"tf.estimator.EstimatorSpec or a TPUEstimatorSpec "
+                                        r"\(got None\)\."):
         model_fn(None, None, tf.estimator.ModeKeys.TRAIN)
