@@ -155,8 +155,10 @@ def _decorated_estimator(estimator, decorate, usage):
             "TPUEstimator(model_fn=%s(model_fn), ...)." % (estimator, usage.split("(")[0]))
     flavour = (tf_estimator.Estimator if isinstance(estimator, tf_estimator.Estimator)
                else tf.estimator.Estimator)
+    # `params` is {} when none were given, which a model_fn without a `params`
+    # argument does not accept.
     return flavour(model_fn=decorate(estimator._model_fn), model_dir=estimator.model_dir,
-                   config=estimator.config, params=estimator.params,
+                   config=estimator.config, params=estimator.params or None,
                    warm_start_from=estimator._warm_start_settings)
 
 
