@@ -216,7 +216,8 @@ def _train_spec(spec, averager):
         if scaffold.saver is not None:
             raise ValueError(
                 "The model_fn's Scaffold has its own Saver, which would not save the "
-                "averages; leave Scaffold.saver unset (Estimator then saves every variable) "
+                "averages; leave Scaffold.saver unset (Estimator then saves every variable; "
+                "tf.keras.estimator.model_to_estimator does with checkpoint_format='saver') "
                 "or use the averaging hook with a Saver that includes them.")
         initialize = averager.initialize_from_weights()
         return replace_scaffold(scaffold, init_fn=lambda session: session.run(initialize))

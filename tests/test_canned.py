@@ -1,8 +1,10 @@
-"""TensorFlow's canned Estimators, v1 and v2, with `with_ema(estimator)` and the hook.
+"""Models whose code is not the user's: TensorFlow's canned Estimators (v1 and
+v2) with `with_ema(estimator)` and the hook, Keras `model_to_estimator` with
+`with_ema(estimator)`, and a tf_slim ResNet with `with_ema`.
 
-Their optimizers (Adagrad, Ftrl; Keras ones in v2) have no numpy oracle here, so
-a SessionRunHook records every averaged variable after each step and the
-oracle averages that trajectory.
+Their optimizers (Adagrad, Ftrl, Momentum; Keras ones) and batch norms have no
+numpy oracle here, so a SessionRunHook records every averaged variable after
+each step and the oracle averages that trajectory.
 """
 
 import numpy as np
@@ -10,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 import estimator_ema
-from conftest import EMA, ema_oracle, load, run_config, tf1
+from conftest import DATA, EMA, IS_TF1, ema_oracle, keras_sgd, load, run_config, tf1
+from conftest import input_fn as linear_input_fn
 
 RNG = np.random.RandomState(0)
 X = RNG.randn(32, 3).astype(np.float32)
@@ -140,3 +143,86 @@ def test_the_hook_on_a_canned_estimator(model_dir, kind, flavour):
     hook = estimator_ema.ExponentialMovingAverageHook(DECAY, num_updates=False)
     canned(kind, flavour, model_dir).train(input_fn, steps=STEPS, hooks=[hook, recorder])
     assert_averages_match_the_recorded_weights(model_dir, recorder, num_updates=False)
+
+
+def keras_bn_estimator(model_dir, **kwargs):
+    model = tf.keras.Sequential([tf.keras.layers.Dense(4, input_shape=(3,), name="dense"),
+                                 tf.keras.layers.BatchNormalization(momentum=0.9, name="bn"),
+                                 tf.keras.layers.Dense(1, name="out")])
+    model.compile(optimizer=keras_sgd(0.1), loss="mse")
+    return tf.keras.estimator.model_to_estimator(keras_model=model, model_dir=str(model_dir),
+                                                 config=CONFIG, **kwargs)
+
+
+def test_with_ema_of_a_keras_model_with_batch_norm(model_dir):
+    # TF 2's default object-based checkpoints would drop the averages.
+    est = keras_bn_estimator(model_dir, **({} if IS_TF1 else {"checkpoint_format": "saver"}))
+    decorated = estimator_ema.with_ema(est, decay=DECAY)
+    recorder = Recorder()
+    decorated.train(linear_input_fn, steps=STEPS, hooks=[recorder])
+    assert {"bn/moving_mean", "bn/moving_variance", "dense/kernel"} <= set(recorder.names)
+    assert_averages_match_the_recorded_weights(model_dir, recorder)
+
+    def predict_fn():
+        return tf.data.Dataset.from_tensor_slices(DATA[0]).batch(8)
+
+    averaged = np.stack([p["out"] for p in decorated.predict(predict_fn)])
+    raw = np.stack([p["out"] for p in est.predict(predict_fn)])
+    assert np.abs(averaged - raw).max() > 1e-4
+
+
+@pytest.mark.skipif(IS_TF1, reason="TF 1.15's model_to_estimator writes name-based checkpoints")
+def test_with_ema_refuses_keras_object_based_checkpoints(model_dir):
+    decorated = estimator_ema.with_ema(keras_bn_estimator(model_dir))
+    with pytest.raises(ValueError, match=r"The model_fn's Scaffold has its own Saver, which would "
+                                         r"not save the averages; .*model_to_estimator does "
+                                         r"with checkpoint_format='saver'"):
+        decorated.train(linear_input_fn, steps=1)
+
+
+IMAGES = RNG.randn(16, 8, 8, 3).astype(np.float32)
+IMAGE_LABELS = RNG.randint(0, 3, 16).astype(np.int64)
+
+
+def resnet_model_fn(features, labels, mode):
+    """A one-unit tf_slim ResNet v2 (pre-activation batch norms, bottleneck,
+    projection shortcut) on 8x8 images, trained as slim's scripts train it."""
+    import tf_slim as slim
+    from tf_slim.nets import resnet_v2
+
+    blocks = [resnet_v2.resnet_v2_block("block1", base_depth=2, num_units=1, stride=1)]
+    with slim.arg_scope(resnet_v2.resnet_arg_scope()):
+        logits, _ = resnet_v2.resnet_v2(
+            features, blocks, num_classes=3, is_training=mode == tf.estimator.ModeKeys.TRAIN,
+            include_root_block=False, scope="resnet")
+    logits = tf.squeeze(logits, [1, 2])
+    if mode == tf.estimator.ModeKeys.PREDICT:
+        return tf.estimator.EstimatorSpec(mode, predictions={"logits": logits})
+    loss = tf1.losses.sparse_softmax_cross_entropy(labels, logits)
+    train_op = slim.learning.create_train_op(loss, tf1.train.MomentumOptimizer(0.1, 0.9))
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+
+@pytest.mark.skipif(not IS_TF1, reason="tf_slim's batch_norm on 4-D inputs builds "
+                                       "tf.compat.v1.layers.BatchNormalization, which TF 2.15 "
+                                       "loads from tf_keras.legacy_tf_layers, a module no "
+                                       "tf_keras release has")
+def test_with_ema_of_a_tf_slim_resnet(model_dir):
+    def images_input_fn():
+        return tf.data.Dataset.from_tensor_slices((IMAGES, IMAGE_LABELS)).batch(8).repeat()
+
+    def predict_fn():
+        return tf.data.Dataset.from_tensor_slices(IMAGES).batch(8)
+
+    recorder = Recorder()
+    est = tf.estimator.Estimator(estimator_ema.with_ema(resnet_model_fn, decay=DECAY),
+                                 str(model_dir), config=CONFIG)
+    est.train(images_input_fn, steps=STEPS, hooks=[recorder])
+    statistics = [n for n in recorder.names if n.endswith(("moving_mean", "moving_variance"))]
+    assert len(statistics) == 8  # preact, conv1, conv2 and postnorm batch norms
+    assert_averages_match_the_recorded_weights(model_dir, recorder)
+
+    raw = estimator_ema.with_ema(resnet_model_fn, evaluate_with="weights")
+    raw = tf.estimator.Estimator(raw, str(model_dir), config=CONFIG)
+    averaged = np.stack([p["logits"] for p in est.predict(predict_fn)])
+    assert np.abs(averaged - np.stack([p["logits"] for p in raw.predict(predict_fn)])).max() > 1e-4
