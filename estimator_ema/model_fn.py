@@ -47,6 +47,21 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
     decorated model_fn holds the averaged values under the plain variable
     names.
 
+    TPUEstimator: a model_fn may return a `TPUEstimatorSpec`. The averages'
+    initialization (TRAIN) and the saver that restores the averages
+    (EVAL / PREDICT / export) then go into its `scaffold_fn`, which wraps the
+    model_fn's own; the distance summaries are not written, since summary ops
+    cannot run in a TPU computation; `evaluate_with="both"` is refused.
+
+    An Estimator in place of `model_fn` (a canned one, say, whose model_fn
+    you never see): the result is a new Estimator over the same model_dir,
+    config, params and warm start whose model_fn is the original's, decorated.
+    It is a plain `tf.estimator.Estimator` for a v2 Estimator and a
+    `tf.compat.v1.estimator.Estimator` for a v1 one (in TF 1.15 both are
+    `tf.estimator.Estimator`), not the canned class; the original Estimator is
+    left as it was and still evaluates the raw weights. A `TPUEstimator` is
+    refused: decorate the model_fn you give it.
+
     Example:
 
         @estimator_ema.with_ema(decay=0.999)
@@ -55,15 +70,23 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
 
         estimator = tf.estimator.Estimator(model_fn, model_dir)
 
+        # or, for an Estimator you did not write:
+        estimator = estimator_ema.with_ema(
+            tf.estimator.DNNClassifier([64], feature_columns, model_dir=model_dir),
+            decay=0.999)
+
     Args:
       model_fn: the model_fn to decorate, taking `(features, labels, mode)` and
-        optionally `params` and/or `config`; omit it to get a decorator.
+        optionally `params` and/or `config`, returning an `EstimatorSpec` or a
+        `TPUEstimatorSpec`; or an Estimator (not a TPUEstimator); omit it to
+        get a decorator (which takes either).
       decay, num_updates, zero_debias, variables, include, exclude,
       every_n_steps, name, skip_nonfinite: as for `ExponentialMovingAverageHook`.
       evaluate_with: "averages", "weights" or "both".
 
     Returns:
-      The decorated model_fn (same signature), or a decorator.
+      The decorated model_fn (same signature), an Estimator for an Estimator,
+      or a decorator.
 
     Raises:
       TypeError, ValueError: for bad arguments, at decoration.
@@ -94,7 +117,8 @@ def with_swa(model_fn=None, *, start_step, average_period=1, variables=None, inc
     the starting weights), so a warm-started model averages from the
     warm-started weights, whatever the warm start loaded.
 
-    EVAL / PREDICT / export: as for `with_ema`, with the SWA weights.
+    EVAL / PREDICT / export, `TPUEstimatorSpec`, an Estimator in place of
+    `model_fn`: as for `with_ema`, with the SWA weights.
 
     Example:
 
@@ -103,13 +127,15 @@ def with_swa(model_fn=None, *, start_step, average_period=1, variables=None, inc
             ...
 
     Args:
-      model_fn: the model_fn to decorate; omit it to get a decorator.
+      model_fn: the model_fn to decorate, or an Estimator, as for `with_ema`;
+        omit it to get a decorator.
       start_step, average_period, variables, include, exclude, name: as for
         `StochasticWeightAveragingHook`.
       evaluate_with: "averages", "weights" or "both", as for `with_ema`.
 
     Returns:
-      The decorated model_fn (same signature), or a decorator.
+      The decorated model_fn (same signature), an Estimator for an Estimator,
+      or a decorator.
 
     Raises:
       TypeError, ValueError: for bad arguments, at decoration.

@@ -415,3 +415,18 @@ def test_an_estimator_decorated_twice_is_refused(model_dir):
                                                                          linear_model_fn)))
     with pytest.raises(RuntimeError, match=r"already has an average named"):
         twice.train(input_fn, steps=1)
+
+
+def test_an_estimators_exporters_serve_the_averages(model_dir):
+    est = estimator_ema.with_ema(make_estimator(model_dir, _linear_serving_model_fn), decay=0.8)
+    exporters = [tf.estimator.FinalExporter("final", _serving_input_fn),
+                 tf.estimator.BestExporter("best", _serving_input_fn)]
+    tf.estimator.train_and_evaluate(
+        est, tf.estimator.TrainSpec(input_fn, max_steps=10),
+        tf.estimator.EvalSpec(eval_input_fn, steps=None, throttle_secs=0, exporters=exporters))
+    for name in ("final", "best"):
+        export_dir, = tf1.gfile.Glob(str(model_dir / "export" / name / "*"))
+        variables = export_dir + "/variables/variables"
+        assert {n for n, _ in tf.train.list_variables(variables)} == {
+            "linear/w", "linear/b", "global_step"}
+        np.testing.assert_array_equal(load(variables, "linear/w"), averages(model_dir)[0])
