@@ -5,7 +5,7 @@ import functools
 import inspect
 
 from estimator_ema import _averaging
-from estimator_ema._compat import tf, tf_estimator
+from estimator_ema._compat import ESTIMATOR_CLASSES, tf, tf_estimator
 from estimator_ema._distribution import check_decorator_strategy
 from estimator_ema._graphs import ancestors, update_ops_to_run
 from estimator_ema._scaffolds import AveragesSaver, replace_scaffold
@@ -49,6 +49,21 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
     decorated model_fn holds the averaged values under the plain variable
     names.
 
+    TPUEstimator: a model_fn may return a `TPUEstimatorSpec`. The averages'
+    initialization (TRAIN) and the saver that restores the averages
+    (EVAL / PREDICT / export) then go into its `scaffold_fn`, which wraps the
+    model_fn's own; the distance summaries are not written, since summary ops
+    cannot run in a TPU computation; `evaluate_with="both"` is refused.
+
+    An Estimator in place of `model_fn` (a canned one, say, whose model_fn
+    you never see): the result is a new Estimator over the same model_dir,
+    config, params and warm start whose model_fn is the original's, decorated.
+    It is a plain `tf.estimator.Estimator` for a v2 Estimator and a
+    `tf.compat.v1.estimator.Estimator` for a v1 one (in TF 1.15 both are
+    `tf.estimator.Estimator`), not the canned class; the original Estimator is
+    left as it was and still evaluates the raw weights. A `TPUEstimator` is
+    refused: decorate the model_fn you give it.
+
     Example:
 
         @estimator_ema.with_ema(decay=0.999)
@@ -57,15 +72,23 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
 
         estimator = tf.estimator.Estimator(model_fn, model_dir)
 
+        # or, for an Estimator you did not write:
+        estimator = estimator_ema.with_ema(
+            tf.estimator.DNNClassifier([64], feature_columns, model_dir=model_dir),
+            decay=0.999)
+
     Args:
       model_fn: the model_fn to decorate, taking `(features, labels, mode)` and
-        optionally `params` and/or `config`; omit it to get a decorator.
+        optionally `params` and/or `config`, returning an `EstimatorSpec` or a
+        `TPUEstimatorSpec`; or an Estimator (not a TPUEstimator); omit it to
+        get a decorator (which takes either).
       decay, num_updates, zero_debias, variables, include, exclude,
       every_n_steps, name, skip_nonfinite: as for `ExponentialMovingAverageHook`.
       evaluate_with: "averages", "weights" or "both".
 
     Returns:
-      The decorated model_fn (same signature), or a decorator.
+      The decorated model_fn (same signature), an Estimator for an Estimator,
+      or a decorator.
 
     Raises:
       TypeError, ValueError: for bad arguments, at decoration.
@@ -96,7 +119,8 @@ def with_swa(model_fn=None, *, start_step, average_period=1, variables=None, inc
     the starting weights), so a warm-started model averages from the
     warm-started weights, whatever the warm start loaded.
 
-    EVAL / PREDICT / export: as for `with_ema`, with the SWA weights.
+    EVAL / PREDICT / export, `TPUEstimatorSpec`, an Estimator in place of
+    `model_fn`: as for `with_ema`, with the SWA weights.
 
     Example:
 
@@ -105,13 +129,15 @@ def with_swa(model_fn=None, *, start_step, average_period=1, variables=None, inc
             ...
 
     Args:
-      model_fn: the model_fn to decorate; omit it to get a decorator.
+      model_fn: the model_fn to decorate, or an Estimator, as for `with_ema`;
+        omit it to get a decorator.
       start_step, average_period, variables, include, exclude, name: as for
         `StochasticWeightAveragingHook`.
       evaluate_with: "averages", "weights" or "both", as for `with_ema`.
 
     Returns:
-      The decorated model_fn (same signature), or a decorator.
+      The decorated model_fn (same signature), an Estimator for an Estimator,
+      or a decorator.
 
     Raises:
       TypeError, ValueError: for bad arguments, at decoration.
@@ -126,11 +152,14 @@ def with_swa(model_fn=None, *, start_step, average_period=1, variables=None, inc
 def _decorator(model_fn, options, make_averager, evaluate_with, usage):
     """`decorate(model_fn)` or, given `model_fn`, the decorated function.
 
-    `usage` shows the decorator called with an option by keyword, for the
-    message when an option is passed in place of `model_fn`.
+    `decorate` also takes an Estimator: see `_decorated_estimator`. `usage`
+    shows the decorator called with an option by keyword, for the message when
+    an option is passed in place of `model_fn`.
     """
 
     def decorate(fn):
+        if isinstance(fn, ESTIMATOR_CLASSES):
+            return _decorated_estimator(fn, decorate, usage)
         if not callable(fn):
             raise TypeError(
                 "'model_fn' must be callable (got %r); pass the options by keyword, "
@@ -140,19 +169,48 @@ def _decorator(model_fn, options, make_averager, evaluate_with, usage):
     return decorate if model_fn is None else decorate(model_fn)
 
 
+def _decorated_estimator(estimator, decorate, usage):
+    """An Estimator like `estimator` whose model_fn is `decorate(its model_fn)`.
+
+    Same model_dir, config, params and warm start; a `tf.estimator.Estimator`
+    for a v2 Estimator, a `tf.compat.v1.estimator.Estimator` for a v1 one
+    (canned Estimators only add a constructor around their model_fn).
+    """
+    if isinstance(estimator, tf.estimator.tpu.TPUEstimator):
+        raise TypeError(
+            "'model_fn' cannot be a TPUEstimator (got %r): TPUEstimator wraps its model_fn "
+            "for the TPU; decorate the model_fn you give it instead, "
+            "TPUEstimator(model_fn=%s(model_fn), ...)." % (estimator, usage.split("(")[0]))
+    flavour = (tf_estimator.Estimator if isinstance(estimator, tf_estimator.Estimator)
+               else tf.estimator.Estimator)
+    # `params` is {} when none were given, which a model_fn without a `params`
+    # argument does not accept.
+    return flavour(model_fn=decorate(estimator._model_fn), model_dir=estimator.model_dir,
+                   config=estimator.config, params=estimator.params or None,
+                   warm_start_from=estimator._warm_start_settings)
+
+
+def _is_tpu_spec(spec):
+    return isinstance(spec, tf.estimator.tpu.TPUEstimatorSpec)
+
+
 def _averaged_model_fn(fn, options, make_averager, evaluate_with):
     @functools.wraps(fn)
     def averaged_model_fn(*args, **kwargs):
         spec = fn(*args, **kwargs)
-        if not isinstance(spec, tf_estimator.EstimatorSpec):
+        if not isinstance(spec, tf_estimator.EstimatorSpec) and not _is_tpu_spec(spec):
             raise TypeError("The decorated model_fn must return a tf.estimator.EstimatorSpec "
-                            "(got %r)." % (spec,))
+                            "or a TPUEstimatorSpec (got %r)." % (spec,))
         if spec.mode == tf_estimator.ModeKeys.TRAIN:
             check_decorator_strategy()
             return _train_spec(spec, make_averager(options))
         if evaluate_with == "weights":
             return spec
         if evaluate_with == "both" and spec.mode == tf_estimator.ModeKeys.EVAL:
+            if _is_tpu_spec(spec):
+                raise ValueError(
+                    "evaluate_with='both' needs an EstimatorSpec's eval_metric_ops (got a "
+                    "TPUEstimatorSpec); use evaluate_with='averages' or 'weights'.")
             return _both_spec(spec, options, lambda: fn(*args, **kwargs))
         return _averages_spec(spec, options)
 
@@ -161,19 +219,38 @@ def _averaged_model_fn(fn, options, make_averager, evaluate_with):
     return averaged_model_fn
 
 
+def _with_scaffold(spec, change):
+    """`spec` with its Scaffold replaced by `change(scaffold)`.
+
+    A TPUEstimatorSpec's change runs in its `scaffold_fn`, which TPUEstimator
+    calls on the host, outside the TPU computation, once the model is built.
+    """
+    if not _is_tpu_spec(spec):
+        return spec._replace(scaffold=change(spec.scaffold))
+    scaffold_fn = spec.scaffold_fn
+    return spec._replace(
+        scaffold_fn=lambda: change(scaffold_fn() if scaffold_fn else tf.train.Scaffold()))
+
+
 def _train_spec(spec, averager):
-    if spec.scaffold.saver is not None:
-        raise ValueError(
-            "The model_fn's Scaffold has its own Saver, which would not save the averages; "
-            "leave Scaffold.saver unset (Estimator then saves every variable) or use "
-            "the averaging hook with a Saver that includes them.")
     graph = tf.get_default_graph()
     after = [spec.train_op] + update_ops_to_run(graph, ancestors(spec.train_op))
     train_op = averager.update(after=after)
-    averager.add_summaries()
-    initialize = averager.initialize_from_weights()
-    scaffold = replace_scaffold(spec.scaffold, init_fn=lambda session: session.run(initialize))
-    return spec._replace(train_op=train_op, scaffold=scaffold)
+    if not _is_tpu_spec(spec):
+        # Summary ops cannot run inside a TPU computation.
+        averager.add_summaries()
+
+    def initializing_scaffold(scaffold):
+        if scaffold.saver is not None:
+            raise ValueError(
+                "The model_fn's Scaffold has its own Saver, which would not save the "
+                "averages; leave Scaffold.saver unset (Estimator then saves every variable; "
+                "tf.keras.estimator.model_to_estimator does with checkpoint_format='saver') "
+                "or use the averaging hook with a Saver that includes them.")
+        initialize = averager.initialize_from_weights()
+        return replace_scaffold(scaffold, init_fn=lambda session: session.run(initialize))
+
+    return _with_scaffold(spec._replace(train_op=train_op), initializing_scaffold)
 
 
 def _averages_map(options, graph):
@@ -185,8 +262,11 @@ def _averages_map(options, graph):
 
 
 def _averages_spec(spec, options):
-    saver = AveragesSaver(_averages_map(options, tf.get_default_graph()))
-    return spec._replace(scaffold=replace_scaffold(spec.scaffold, saver=saver))
+    def averages_scaffold(scaffold):
+        saver = AveragesSaver(_averages_map(options, tf.get_default_graph()))
+        return replace_scaffold(scaffold, saver=saver)
+
+    return _with_scaffold(spec, averages_scaffold)
 
 
 def _both_spec(spec, options, build_again):

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 import estimator_ema
-from conftest import (BATCH, DATA, ema_oracle, input_fn, linear_model_fn,
-                      load, run_config, sgd_weights, tf1)
+from conftest import (BATCH, DATA, IS_TF1, SWA, ema_oracle, input_fn, linear_model_fn,
+                      load, run_config, sgd_weights, swa_oracle, tf1)
 
 EMA = "ExponentialMovingAverage"
 
@@ -352,5 +352,85 @@ def test_positional_decay_is_explained():
 def test_model_fn_must_return_an_estimator_spec():
     model_fn = estimator_ema.with_ema(lambda features, labels, mode: None)
     with pytest.raises(TypeError, match=r"The decorated model_fn must return a "
-                                        r"tf.estimator.EstimatorSpec \(got None\)\."):
+                                        r"tf.estimator.EstimatorSpec or a TPUEstimatorSpec "
+                                        r"\(got None\)\."):
         model_fn(None, None, tf.estimator.ModeKeys.TRAIN)
+
+
+# with_ema(estimator): an Estimator whose model_fn is decorated.
+
+FLAVOURS = {"v2": tf.estimator.Estimator, "v1": tf1.estimator.Estimator}
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_an_estimator_is_decorated(model_dir, flavour):
+    config = run_config(save_checkpoints_steps=5)
+    est = FLAVOURS[flavour](linear_model_fn, str(model_dir), config=config,
+                            params={"optimizer": "v1"})
+    decorated = estimator_ema.with_ema(est, decay=0.8)
+    assert type(decorated) is FLAVOURS[flavour]
+    assert decorated.model_dir == est.model_dir
+    assert decorated.params == {"optimizer": "v1"}
+    assert decorated.config.save_checkpoints_steps == 5
+    assert decorated.config.tf_random_seed == 0
+    decorated.train(input_fn, steps=10)
+    expected = ema_oracle(sgd_weights(10), 0.8)
+    np.testing.assert_allclose(averages(model_dir)[0], expected[0], atol=1e-5)
+    np.testing.assert_allclose(averages(model_dir)[1], expected[1], atol=1e-5)
+    np.testing.assert_allclose(decorated.evaluate(eval_input_fn)["loss"],
+                               numpy_loss(*averages(model_dir)), rtol=1e-5)
+    np.testing.assert_allclose(predictions(decorated), numpy_predictions(*averages(model_dir)),
+                               atol=1e-5)
+    # The original Estimator is untouched: it evaluates the raw weights.
+    np.testing.assert_allclose(est.evaluate(eval_input_fn)["loss"],
+                               numpy_loss(*weights(model_dir)), rtol=1e-5)
+
+
+def test_an_estimator_through_the_decorator_form_and_swa(tmp_path):
+    est = make_estimator(tmp_path / "ema", linear_model_fn)
+    estimator_ema.with_ema(decay=0.5)(est).train(input_fn, steps=3)
+    expected = ema_oracle(sgd_weights(3), 0.5)
+    np.testing.assert_allclose(averages(tmp_path / "ema")[0], expected[0], atol=1e-5)
+    est = make_estimator(tmp_path / "swa", linear_model_fn)
+    estimator_ema.with_swa(est, start_step=2, average_period=2).train(input_fn, steps=7)
+    expected, count = swa_oracle(sgd_weights(7), 2, 2)
+    np.testing.assert_allclose(load(tmp_path / "swa", "linear/w/" + SWA), expected[0],
+                               atol=1e-5)
+    assert load(tmp_path / "swa", SWA + "/count") == count
+
+
+def test_an_estimators_warm_start_is_kept(tmp_path):
+    source, target = tmp_path / "source", tmp_path / "target"
+    make_estimator(source, linear_model_fn).train(input_fn, steps=5)
+    warm = weights(source)
+    est = make_estimator(target, linear_model_fn, warm_start_from=str(source))
+    estimator_ema.with_ema(est, decay=0.9).train(input_fn, steps=1)
+    expected = ema_oracle(sgd_weights(1, *warm), 0.9)
+    np.testing.assert_allclose(averages(target)[0], expected[0], atol=1e-5)
+    np.testing.assert_allclose(averages(target)[1], expected[1], atol=1e-5)
+
+
+def test_an_estimator_decorated_twice_is_refused(model_dir):
+    twice = estimator_ema.with_ema(estimator_ema.with_ema(make_estimator(model_dir,
+                                                                         linear_model_fn)))
+    with pytest.raises(RuntimeError, match=r"already has an average named"):
+        twice.train(input_fn, steps=1)
+
+
+def test_an_estimators_exporters_serve_the_averages(model_dir):
+    est = estimator_ema.with_ema(make_estimator(model_dir, _linear_serving_model_fn), decay=0.8)
+    exporters = [tf.estimator.FinalExporter("final", _serving_input_fn),
+                 tf.estimator.LatestExporter("latest", _serving_input_fn)]
+    if not IS_TF1:
+        # TF 1.15's BestExporter reads the evaluation it is called for back from
+        # the event files as the best so far, and so never exports it.
+        exporters.append(tf.estimator.BestExporter("best", _serving_input_fn))
+    tf.estimator.train_and_evaluate(
+        est, tf.estimator.TrainSpec(input_fn, max_steps=10),
+        tf.estimator.EvalSpec(eval_input_fn, steps=None, throttle_secs=0, exporters=exporters))
+    for name in [exporter.name for exporter in exporters]:
+        export_dir, = tf1.gfile.Glob(str(model_dir / "export" / name / "*"))
+        variables = export_dir + "/variables/variables"
+        assert {n for n, _ in tf.train.list_variables(variables)} == {
+            "linear/w", "linear/b", "global_step"}
+        np.testing.assert_array_equal(load(variables, "linear/w"), averages(model_dir)[0])
