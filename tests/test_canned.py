@@ -92,10 +92,10 @@ def average_key(model_dir, name):
     return full if full in keys else name + "/part_0/" + EMA
 
 
-def assert_averages_match_the_recorded_weights(model_dir, recorder, num_updates=True):
+def assert_averages_match_the_recorded_weights(model_dir, recorder):
     assert len(recorder.trajectory) == STEPS + 1
     assert len(recorder.names) >= 3
-    expected = ema_oracle(recorder.trajectory, DECAY, num_updates=num_updates)
+    expected = ema_oracle(recorder.trajectory, DECAY)
     for name, value, average in zip(recorder.names, recorder.trajectory[-1], expected):
         np.testing.assert_allclose(load(model_dir, name), value, atol=1e-6, err_msg=name)
         np.testing.assert_allclose(load(model_dir, average_key(model_dir, name)), average,
@@ -125,24 +125,12 @@ def test_with_ema_of_a_canned_estimator(model_dir, tmp_path, kind, flavour):
                                       load(model_dir, average_key(model_dir, name)))
 
 
-def _hook_case(kind, flavour):
-    marks = []
-    if flavour == "v2":
-        marks.append(pytest.mark.xfail(
-            strict=True, reason="issue 13: with a Keras optimizer the hook updates the averages "
-                                "in a separate session run, after the step's checkpoint"))
-    return pytest.param(kind, flavour, marks=marks)
-
-
-@pytest.mark.parametrize("kind, flavour", [_hook_case(k, f) for k, f in CASES])
+@pytest.mark.parametrize("kind, flavour", CASES)
 def test_the_hook_on_a_canned_estimator(model_dir, kind, flavour):
-    # A constant decay: the v1 combined model has two optimizers, so two TRAIN_OP
-    # ops, and the hook's update joins the step's run ordered after them but not
-    # after the head's global-step increment, so the step it reads can be either.
     recorder = Recorder()
-    hook = estimator_ema.ExponentialMovingAverageHook(DECAY, num_updates=False)
+    hook = estimator_ema.ExponentialMovingAverageHook(DECAY)
     canned(kind, flavour, model_dir).train(input_fn, steps=STEPS, hooks=[hook, recorder])
-    assert_averages_match_the_recorded_weights(model_dir, recorder, num_updates=False)
+    assert_averages_match_the_recorded_weights(model_dir, recorder)
 
 
 def keras_bn_estimator(model_dir, **kwargs):
