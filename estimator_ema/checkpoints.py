@@ -69,6 +69,18 @@ def checkpoint_averages(keys, name=_averaging.EMA_NAME):
             if key.endswith(suffix) and len(key) > len(suffix)}
 
 
+def averages_and_helpers(keys, name=_averaging.EMA_NAME):
+    """The keys among `keys` that hold averages named `name` or their zero-debias
+    helpers: `<v>/<name>`, `<v>/<name>/biased`, `<v>/<name>/local_step` (a
+    partitioned variable's scalar `local_step` is one per part,
+    `<v>/part_<i>/<name>/local_step`)."""
+    averages = set(checkpoint_averages(keys, name).values())
+    suffix = _averaging.shadow_name("", name)
+    return averages | {key for key in keys
+                       if key.rpartition("/")[2] in _averaging.DEBIAS_HELPERS
+                       and key.rpartition("/")[0].endswith(suffix)}
+
+
 def require_averages(checkpoint, keys, name):
     """`checkpoint_averages(keys, name)`; raises ValueError if there is none."""
     averages = checkpoint_averages(keys, name)
@@ -77,21 +89,47 @@ def require_averages(checkpoint, keys, name):
     return averages
 
 
-def averaged_variable_map(variables, checkpoint, name=_averaging.EMA_NAME):
-    """`{checkpoint key: variable}` that loads each variable from its average.
+def checkpoint_key(var):
+    """The checkpoint key `var` is saved under: its op name, or for a part of a
+    partitioned variable the variable's full name (the part is a slice of it)."""
+    info = var._get_save_slice_info()
+    return var.op.name if info is None else info.full_name
 
-    Variables without an average in `checkpoint` load from their own key.
+
+def saver_var_list(pairs):
+    """The `tf.compat.v1.train.Saver` var_list that loads each variable from its key
+    in `[(checkpoint key, variable)]`: `{key: variable}`, or `{key: [parts]}` for
+    the parts of a partitioned variable, which the Saver reads as slices of `key`."""
+    var_list = {}
+    for key, var in pairs:
+        if var._get_save_slice_info() is None:
+            var_list[key] = var
+        else:
+            var_list.setdefault(key, []).append(var)
+    return var_list
+
+
+def average_keys(variables, checkpoint, name=_averaging.EMA_NAME):
+    """`[(checkpoint key, variable)]` that loads each variable from its average.
+
+    Variables without an average in `checkpoint` load from their own key. A
+    part of a partitioned variable `<full>` loads its slice of `<full>/<name>`.
 
     Raises:
       ValueError: the checkpoint holds no average named `name` for any of them.
     """
     averages = checkpoint_averages([key for key, _ in tf.train.list_variables(checkpoint)],
                                    name)
-    mapping = {averages.get(var.op.name, var.op.name): var for var in variables}
-    if not any(var.op.name in averages for var in variables):
+    keys = [checkpoint_key(var) for var in variables]
+    if not any(key in averages for key in keys):
         raise ValueError("Checkpoint %r has no averages named %r for this model's variables."
                          % (checkpoint, name))
-    return mapping
+    return [(averages.get(key, key), var) for key, var in zip(keys, variables)]
+
+
+def averaged_variable_map(variables, checkpoint, name=_averaging.EMA_NAME):
+    """The Saver var_list (see `saver_var_list`) of `average_keys`."""
+    return saver_var_list(average_keys(variables, checkpoint, name))
 
 
 def model_variables(graph):
@@ -130,9 +168,7 @@ def describe(checkpoint_or_model_dir, *, name=_averaging.EMA_NAME):
     reader = tf.train.NewCheckpointReader(checkpoint)
     shapes = reader.get_variable_to_shape_map()
     averages = checkpoint_averages(shapes, name)
-    hidden = set(averages.values())
-    for average in averages.values():
-        hidden.update(_averaging.shadow_name(average, h) for h in _averaging.DEBIAS_HELPERS)
+    hidden = averages_and_helpers(shapes, name)
     rows = []
     for var in sorted((set(shapes) - hidden) | set(averages)):
         distance = relative = None

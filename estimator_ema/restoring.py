@@ -5,7 +5,8 @@ import logging
 from estimator_ema import _averaging, _checks
 from estimator_ema._compat import tf
 from estimator_ema._selection import Selection
-from estimator_ema.checkpoints import averaged_variable_map, model_variables, resolve_checkpoint
+from estimator_ema.checkpoints import (average_keys, checkpoint_key, model_variables,
+                                       resolve_checkpoint)
 
 logger = logging.getLogger("estimator_ema")
 
@@ -55,29 +56,45 @@ def restore_averages(session, checkpoint_or_model_dir, variables=None, *,
         variables = model_variables(session.graph)
     else:
         variables = Selection(variables).candidates(session.graph)
-    mapping = averaged_variable_map(variables, checkpoint, name)
+    pairs = sorted(average_keys(variables, checkpoint, name), key=lambda p: p[1].op.name)
     reader = tf.train.NewCheckpointReader(checkpoint)
     shapes = reader.get_variable_to_shape_map()
-    absent = sorted(v.op.name for key, v in mapping.items() if key not in shapes)
+    absent = [v.op.name for key, v in pairs if key not in shapes]
     if absent:
         raise ValueError("Checkpoint %r has no value for variable(s) %s." % (checkpoint, absent))
-    raw = sorted(v.op.name for key, v in mapping.items()
-                 if key == v.op.name and v.dtype.base_dtype.is_floating)
+    raw = [v.op.name for key, v in pairs
+           if key == checkpoint_key(v) and v.dtype.base_dtype.is_floating]
     if raw and strict:
         raise ValueError("Checkpoint %r has no averages named %r for variable(s) %s; pass "
                          "strict=False to restore their raw values." % (checkpoint, name, raw))
-    for key, var in sorted(mapping.items()):
-        if shapes[key] != var.shape.as_list():
+    for key, var in pairs:
+        expected = _full_shape(var)
+        if shapes[key] != expected:
             raise ValueError("Checkpoint %r holds %s with shape %s, but variable %s has shape %s."
-                             % (checkpoint, key, shapes[key], var.op.name, var.shape.as_list()))
-    for key, var in sorted(mapping.items()):
+                             % (checkpoint, key, shapes[key], var.op.name, expected))
+    for key, var in pairs:
         initializer = var.initializer
-        session.run(initializer, {initializer.inputs[1]: reader.get_tensor(key)})
+        session.run(initializer, {initializer.inputs[1]: _own_slice(reader.get_tensor(key), var)})
     if raw:
         logger.info("restore_averages: no average named %r for %s in %s; restored their raw "
                     "values.", name, raw, checkpoint)
-    restored = {var.op.name: key for key, var in mapping.items()}
+    restored = {var.op.name: key for key, var in pairs}
     logger.info("restore_averages: restored %d averages from %s.",
-                sum(1 for var, key in restored.items() if key != var), checkpoint)
+                sum(1 for key, var in pairs if key != checkpoint_key(var)), checkpoint)
     return restored
 
+
+
+def _full_shape(var):
+    """The shape `var` has in a checkpoint: the whole variable's, for a part."""
+    info = var._get_save_slice_info()
+    return var.shape.as_list() if info is None else list(info.full_shape)
+
+
+def _own_slice(value, var):
+    """`var`'s slice of the checkpoint tensor `value` (all of it, unless a part)."""
+    info = var._get_save_slice_info()
+    if info is None:
+        return value
+    return value[tuple(slice(offset, offset + size)
+                       for offset, size in zip(info.var_offset, info.var_shape))]

@@ -10,7 +10,7 @@ import numpy as np
 
 from estimator_ema import _averaging, _checks
 from estimator_ema._compat import tf
-from estimator_ema.checkpoints import (directory_of, normalized_path,
+from estimator_ema.checkpoints import (averages_and_helpers, directory_of, normalized_path,
                                        reports_unreadable_checkpoints, require_averages,
                                        resolve_checkpoint)
 
@@ -52,9 +52,7 @@ def _is_optimizer_state(key, shapes, averages):
 def _averaged_layout(checkpoint, shapes, name, drop_optimizer_slots):
     """`[(source key, target key)]` of the averaged checkpoint, sorted by target."""
     averages = require_averages(checkpoint, shapes, name)
-    dropped = set(averages.values())
-    for average in averages.values():
-        dropped.update(_averaging.shadow_name(average, h) for h in _averaging.DEBIAS_HELPERS)
+    dropped = averages_and_helpers(shapes, name)
     if drop_optimizer_slots:
         dropped.update(key for key in shapes if _is_optimizer_state(key, shapes, averages))
     layout = {key: key for key in shapes if key not in dropped}
