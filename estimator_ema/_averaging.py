@@ -137,6 +137,15 @@ def create_shadow(var, name, initial_value, suffix=""):
     return shadow
 
 
+def state_variables(averager, graph):
+    """Every variable `averager` keeps, found by name among `graph`'s global
+    variables: the averages, their zero-debias helpers and the SWA count."""
+    names = {a.op.name for a in averager.averages}
+    names.update([shadow_name(n, h) for n in names for h in DEBIAS_HELPERS]
+                 + [count_name(averager.options.name)])
+    return [v for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES) if v.op.name in names]
+
+
 def _slice_like(shadow, var, name):
     """Saves `shadow` as a slice of `<full name>/<name>` when `var` is the part of
     a partitioned variable saved as a slice of `<full name>`.

@@ -122,7 +122,9 @@ def average_keys(variables, checkpoint, name=_averaging.EMA_NAME):
                                    name)
     keys = [checkpoint_key(var) for var in variables]
     if not any(key in averages for key in keys):
-        raise ValueError("Checkpoint %r has no averages named %r for this model's variables."
+        raise ValueError("Checkpoint %r has no averages named %r for this model's variables. "
+                         "If it was written before averaging began, train on with averaging "
+                         "until the next checkpoint; or use the raw weights."
                          % (checkpoint, name))
     return [(averages.get(key, key), var) for key, var in zip(keys, variables)]
 

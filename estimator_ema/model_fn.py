@@ -8,6 +8,7 @@ from estimator_ema import _averaging
 from estimator_ema._compat import tf, tf_estimator
 from estimator_ema._distribution import check_decorator_strategy
 from estimator_ema._graphs import ancestors
+from estimator_ema._savers import adopting_train_spec
 from estimator_ema._scaffolds import AveragesSaver, replace_scaffold
 from estimator_ema.checkpoints import checkpoint_key, saver_var_list
 
@@ -172,7 +173,7 @@ def _train_spec(spec, averager):
     averager.add_summaries()
     initialize = averager.initialize_from_weights()
     scaffold = replace_scaffold(spec.scaffold, init_fn=lambda session: session.run(initialize))
-    return spec._replace(train_op=train_op, scaffold=scaffold)
+    return adopting_train_spec(spec._replace(train_op=train_op, scaffold=scaffold), averager)
 
 
 def _averages_map(options, graph):
