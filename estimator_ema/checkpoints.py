@@ -10,11 +10,18 @@ them ever writes into the source checkpoint.
 
 import functools
 import os
+import re
 
 import numpy as np
 
 from estimator_ema import _averaging, _checks
 from estimator_ema._compat import tf
+
+_TRAINING_OP = re.compile(r"^(Resource)?(Sparse)?Apply[A-Z]")
+"""The op types of optimizers' updates; input 0 is the variable updated."""
+
+_READS = ("Identity", "ReadVariableOp", "Cast")
+"""Op types through which a training op's input is a variable's value."""
 
 def resolve_checkpoint(checkpoint_or_model_dir, argument="checkpoint_or_model_dir"):
     """The checkpoint prefix for a prefix or a model_dir (its latest checkpoint).
@@ -135,13 +142,52 @@ def averaged_variable_map(variables, checkpoint, name=_averaging.EMA_NAME):
 
 
 def model_variables(graph):
-    """The graph's global variables that are not per-variable state of another
-    variable (averages, their helpers, optimizer slots): no `<variable>/<suffix>`."""
+    """The graph's global variables that are neither per-variable state of another
+    variable (averages, their helpers, v1 optimizer slots: `<variable>/<suffix>`)
+    nor optimizer state (see `optimizer_state`)."""
     variables = graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
     names = {v.op.name for v in variables}
-    return [v for v in variables
-            if "/" not in v.op.name or v.op.name.rsplit("/", 1)[0] not in names]
+    state = optimizer_state(graph)
+    return [v for v in variables if v.op.name not in state
+            and ("/" not in v.op.name or v.op.name.rsplit("/", 1)[0] not in names)]
 
+
+def optimizer_state(graph):
+    """The names of the variables the graph's optimizers keep, found from the graph:
+    those a training op (`ApplyAdam`, `ResourceApplyMomentum`, ...) reads other
+    than the variable it updates (slots, Adam's `beta1_power`, a Keras
+    optimizer's hyperparameters), and every variable in the name scope of slots
+    named `<scope>/<variable>/<slot>` (a Keras optimizer's, with its `iter`)."""
+    variables = {v.op: v.op.name for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)}
+    found = set()
+    for op in graph.get_operations():
+        if not _TRAINING_OP.match(op.type):
+            continue
+        for tensor in op.inputs[1:]:
+            source = tensor.op
+            while source not in variables and source.type in _READS and source.inputs:
+                source = source.inputs[0].op
+            if source in variables:
+                found.add(variables[source])
+    scopes = optimizer_scopes(found, set(variables.values()))
+    return found | {name for name in variables.values()
+                    if any(name.startswith(scope + "/") for scope in scopes)}
+
+
+def optimizer_scopes(slots, names):
+    """The name scopes `<scope>` of the slots named `<scope>/<variable>/<slot>`, a
+    Keras optimizer's, among `slots`, given every variable's (or key's) name;
+    a v1 optimizer's slot, `<variable>/<slot>`, has none."""
+    scopes = set()
+    for slot in slots:
+        parts = slot.split("/")
+        if "/".join(parts[:-1]) in names:
+            continue
+        for i in range(1, len(parts) - 1):
+            if "/".join(parts[i:-1]) in names:
+                scopes.add("/".join(parts[:i]))
+                break
+    return scopes
 
 
 def normalized_path(path):

@@ -12,6 +12,8 @@ def read_averages(checkpoint_or_model_dir, *, name=_averaging.EMA_NAME):
 
     The average of variable `v` is the checkpoint's `<v>/<name>`; with
     `name="StochasticWeightAverage"` this reads SWA averages instead of EMA.
+    A partitioned variable is keyed by its full name (as the checkpoint names
+    it), with the whole tensor.
 
     Example:
 

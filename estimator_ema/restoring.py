@@ -15,7 +15,8 @@ def restore_averages(session, checkpoint_or_model_dir, variables=None, *,
                      name=_averaging.EMA_NAME, strict=True):
     """Loads each variable of a live TF1 session from its average in a checkpoint.
 
-    Each variable `v` gets the checkpoint's `<v>/<name>`. With `strict=True`
+    Each variable `v` gets the checkpoint's `<v>/<name>` (a part of a
+    partitioned variable `<full>` its slice of `<full>/<name>`). With `strict=True`
     every floating-point variable must have one; with `strict=False` those
     without one get their raw checkpoint value `<v>` and are logged (logger
     `estimator_ema`, INFO). Variables that are not floating point (the global
@@ -33,8 +34,10 @@ def restore_averages(session, checkpoint_or_model_dir, variables=None, *,
       session: a `tf.compat.v1.Session` whose graph holds the variables.
       checkpoint_or_model_dir: str, a checkpoint prefix or a model_dir.
       variables: None, for the graph's global variables except per-variable
-        state such as averages and optimizer slots (`<variable>/<suffix>`);
-        or a list of variables.
+        state such as averages and optimizer slots (`<variable>/<suffix>`)
+        and optimizer state (`checkpoints.optimizer_state`: v1 Adam's
+        `beta1_power`, a Keras optimizer's slots and hyperparameters); or a
+        list of variables.
       name: str, the averages' suffix.
       strict: bool, whether a missing average is an error.
 

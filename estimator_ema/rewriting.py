@@ -10,7 +10,9 @@ import numpy as np
 
 from estimator_ema import _averaging, _checks
 from estimator_ema._compat import tf
+from estimator_ema._tensor_bundle import stored_slices
 from estimator_ema.checkpoints import (averages_and_helpers, directory_of, normalized_path,
+                                       optimizer_scopes,
                                        reports_unreadable_checkpoints, require_averages,
                                        resolve_checkpoint)
 
@@ -19,6 +21,8 @@ logger = logging.getLogger("estimator_ema")
 _CHUNK_BYTES = 16 << 20
 """`write_averaged_checkpoint` copies tensors in chunks of at most this many bytes
 (a larger tensor is a chunk by itself), so memory stays near the largest tensor."""
+
+_PART = re.compile(r"^part_\d+$")
 
 _OPTIMIZER_NON_SLOT = re.compile(r"(^|/)beta[12]_power(_\d+)?$")
 
@@ -39,14 +43,27 @@ def _check_output_prefix(output_prefix, source):
     return path
 
 
-def _is_optimizer_state(key, shapes, averages):
-    """`<variable>/<slot>` with the variable's shape (optimizer slots such as
-    `Momentum`, `Adam`, `Adam_1`, averages under other names), or Adam's
+def _optimizer_state(shapes, averages):
+    """The keys of optimizer state, found from the checkpoint's structure:
+    `[<scope>/]<variable>[/part_<i>]/<slot>` with the variable's shape (slots
+    such as `Momentum`, `Adam`, `<variable>/part_<i>/Ftrl` of a part of a
+    partitioned variable, a Keras optimizer's `Adam/<variable>/m`, and averages
+    under other names), every key in the name scope of such `<scope>/...` slots
+    (a Keras optimizer's `iter` and hyperparameters), and, by name, v1 Adam's
     `beta1_power` / `beta2_power`."""
-    if _OPTIMIZER_NON_SLOT.search(key):
-        return True
-    parent, _, _ = key.rpartition("/")
-    return parent in shapes and key not in averages and shapes[parent] == shapes[key]
+    slots = set()
+    for key in shapes:
+        parts = key.split("/")
+        owners = ["/".join(parts[i:-1]) for i in range(len(parts) - 1)]
+        if len(parts) > 2 and _PART.match(parts[-2]):
+            # A stock optimizer's slot of a part: `<variable>/part_<i>/<slot>`.
+            owners += ["/".join(parts[i:-2]) for i in range(len(parts) - 2)]
+        if key not in averages and any(shapes.get(o) == shapes[key] for o in owners):
+            slots.add(key)
+    scopes = optimizer_scopes(slots, shapes)
+    return slots | {key for key in shapes
+                    if _OPTIMIZER_NON_SLOT.search(key)
+                    or any(key.startswith(scope + "/") for scope in scopes)}
 
 
 def _averaged_layout(checkpoint, shapes, name, drop_optimizer_slots):
@@ -54,21 +71,33 @@ def _averaged_layout(checkpoint, shapes, name, drop_optimizer_slots):
     averages = require_averages(checkpoint, shapes, name)
     dropped = averages_and_helpers(shapes, name)
     if drop_optimizer_slots:
-        dropped.update(key for key in shapes if _is_optimizer_state(key, shapes, averages))
+        dropped.update(_optimizer_state(shapes, set(averages.values())))
     layout = {key: key for key in shapes if key not in dropped}
     layout.update({var: average for var, average in averages.items()})
     return sorted((source, target) for target, source in layout.items())
 
 
-def _nbytes(shape, dtype):
+def _nbytes(shape, dtype, spec=""):
+    """The bytes of the tensor of `shape`, or of its slice `spec`."""
+    if spec:
+        extents = spec.split(" ")[-1].split(":")
+        shape = [size if extent == "-" else int(extent.split(",")[1])
+                 for size, extent in zip(shape, extents)]
     return int(np.prod(shape, dtype=np.int64)) * max(dtype.size, 1)
+
+
+def _copies(layout, sliced):
+    """`[(source key, target key, slice spec)]`: each tensor of the layout whole
+    (spec ""), or each of its stored slices (see `_tensor_bundle`)."""
+    return [(source, target, spec) for source, target in layout
+            for spec in sliced.get(source, [""])]
 
 
 class _TensorCopier(object):
     """Copies checkpoint tensors into new checkpoint files, a chunk per session run.
 
     A `RestoreV2` op reads the chunk and a `SaveV2` op writes it under its new
-    names in the same run, so tensor data never passes through Python and at
+    names, as the same slices, in the same run, so tensor data never passes through Python and at
     most one chunk is in memory. `MergeV2Checkpoints` joins the pieces.
     """
 
@@ -79,6 +108,7 @@ class _TensorCopier(object):
             self._target = tf.placeholder(tf.string, [], name="target")
             self._names = tf.placeholder(tf.string, [None], name="names")
             self._new_names = tf.placeholder(tf.string, [None], name="new_names")
+            self._slices = tf.placeholder(tf.string, [None], name="slices")
             self._pieces = tf.placeholder(tf.string, [None], name="pieces")
             self._merge = tf.raw_ops.MergeV2Checkpoints(
                 checkpoint_prefixes=self._pieces, destination_prefix=self._target,
@@ -90,20 +120,22 @@ class _TensorCopier(object):
     def _copy_op(self, dtypes):
         if dtypes not in self._copies:
             with self._graph.as_default():
-                slices = tf.fill(tf.shape(self._names), "")
                 tensors = tf.raw_ops.RestoreV2(prefix=self._source, tensor_names=self._names,
-                                               shape_and_slices=slices, dtypes=list(dtypes))
+                                               shape_and_slices=self._slices,
+                                               dtypes=list(dtypes))
                 self._copies[dtypes] = tf.raw_ops.SaveV2(
                     prefix=self._target, tensor_names=self._new_names,
-                    shape_and_slices=slices, tensors=tensors)
+                    shape_and_slices=self._slices, tensors=tensors)
         return self._copies[dtypes]
 
-    def copy(self, source, pairs, dtypes, target):
-        """Writes checkpoint `target` holding source key `s` as `t` for `(s, t)` in pairs."""
-        op = self._copy_op(tuple(dtypes[s] for s, _ in pairs))
+    def copy(self, source, copies, dtypes, target):
+        """Writes checkpoint `target` holding source key `s` as `t` for `(s, t, spec)`
+        in copies (`spec` the slice, or "" for the whole tensor)."""
+        op = self._copy_op(tuple(dtypes[s] for s, _, _ in copies))
         self._session.run(op, {self._source: source, self._target: target,
-                               self._names: [s for s, _ in pairs],
-                               self._new_names: [t for _, t in pairs]})
+                               self._names: [s for s, _, _ in copies],
+                               self._new_names: [t for _, t, _ in copies],
+                               self._slices: [spec for _, _, spec in copies]})
 
     def merge(self, pieces, target):
         """Merges the checkpoints `pieces` into one checkpoint `target` (moving their data)."""
@@ -137,14 +169,14 @@ def _release_freed_memory():
         _MALLOC_TRIM(0)
 
 
-def _chunks(layout, shapes, dtypes):
+def _chunks(copies, shapes, dtypes):
     chunk, size = [], 0
-    for source, target in layout:
-        nbytes = _nbytes(shapes[source], dtypes[source])
+    for source, target, spec in copies:
+        nbytes = _nbytes(shapes[source], dtypes[source], spec)
         if chunk and size + nbytes > _CHUNK_BYTES:
             yield chunk
             chunk, size = [], 0
-        chunk.append((source, target))
+        chunk.append((source, target, spec))
         size += nbytes
     if chunk:
         yield chunk
@@ -189,7 +221,7 @@ def _move_into_place(merged, output_prefix, staging):
         raise
 
 
-def _stream_to(source, layout, shapes, dtypes, output_prefix):
+def _stream_to(source, copies, shapes, dtypes, output_prefix):
     """Writes the averaged checkpoint under a temporary name in the output
     directory and renames it at the end; on failure nothing is left."""
     output_dir = directory_of(output_prefix)
@@ -202,7 +234,7 @@ def _stream_to(source, layout, shapes, dtypes, output_prefix):
     try:
         copier = _TensorCopier()
         pieces = []
-        for i, chunk in enumerate(_chunks(layout, shapes, dtypes)):
+        for i, chunk in enumerate(_chunks(copies, shapes, dtypes)):
             pieces.append(os.path.join(staging, "piece-%05d" % i))
             copier.copy(source, chunk, dtypes, pieces[-1])
             _release_freed_memory()
@@ -241,7 +273,9 @@ def write_averaged_checkpoint(checkpoint_or_model_dir, output_prefix, *,
     For each average `<v>/<name>` in the source, the new checkpoint holds its
     value under `<v>`; the averages and their zero-debias helpers
     (`<v>/<name>/biased`, `<v>/<name>/local_step`) are dropped; everything else
-    (global step, optimizer slots, variables without an average) is copied.
+    (global step, optimizer slots, variables without an average) is copied,
+    sliced tensors (partitioned variables, their optimizers' slots) as the
+    same slices.
     Any `Saver` of the plain model, `Estimator.evaluate(checkpoint_path=...)`,
     or `warm_start_from` then reads the averages without knowing about them.
     No `.meta` file is written: the source's graph still has the averages.
@@ -272,7 +306,9 @@ def write_averaged_checkpoint(checkpoint_or_model_dir, output_prefix, *,
       name: str, the averages' suffix.
       drop_optimizer_slots: bool; if True also drop optimizer state: every
         `<variable>/<slot>` with the variable's shape (`Momentum`, `Adam`,
-        `Adam_1`, `RMSProp`, ... and averages under other names) and Adam's
+        `Adam_1`, `RMSProp`, ... and averages under other names), every
+        Keras optimizer slot `<scope>/<variable>/<slot>` with the rest of
+        that scope (`Adam/iter`, `Adam/learning_rate`, ...), and v1 Adam's
         `beta1_power` / `beta2_power`.
 
     Returns:
@@ -292,7 +328,7 @@ def write_averaged_checkpoint(checkpoint_or_model_dir, output_prefix, *,
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
     layout = _averaged_layout(source, shapes, name, drop_optimizer_slots)
-    _stream_to(source, layout, shapes, dtypes, output_prefix)
+    _stream_to(source, _copies(layout, stored_slices(source)), shapes, dtypes, output_prefix)
     output_dir = directory_of(output_prefix)
     if normalized_path(output_dir) != normalized_path(directory_of(source)):
         _record_checkpoint(output_dir, output_prefix)

@@ -89,6 +89,57 @@ def test_restore_averages_loads_the_averages(hook_trained, model_dir, finalize):
                         "global_step": "global_step"}
 
 
+def _optimizer(kind):
+    if kind == "v1-adam":
+        return tf1.train.AdamOptimizer(0.1)
+    optimizers = tf.keras.optimizers
+    return (getattr(optimizers, "legacy", None) or optimizers).Adam(0.1)
+
+
+@pytest.mark.parametrize("kind", ["v1-adam", "keras-adam"])
+def test_restore_averages_leaves_optimizer_state_alone(hook_trained, model_dir, kind):
+    """A training graph's optimizer state (v1 Adam's beta1_power, a Keras
+    optimizer's slots, iterations and hyperparameters) is not a model variable."""
+    graph = tf.Graph()
+    with graph.as_default():
+        w = tf1.get_variable("linear/w", [3, 1], use_resource=kind == "keras-adam" or None)
+        b = tf1.get_variable("linear/b", [1], use_resource=kind == "keras-adam" or None)
+        loss = tf.reduce_sum(tf.square(tf.matmul(tf.ones([2, 3]), w) + b))
+        step = tf1.train.get_or_create_global_step()
+        optimizer = _optimizer(kind)
+        if kind == "v1-adam":
+            optimizer.minimize(loss, global_step=step)
+        else:
+            optimizer.apply_gradients(zip(tf.gradients(loss, [w, b]), [w, b]))
+    names = {v.op.name for v in graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)}
+    assert "beta1_power" in names if kind == "v1-adam" else "Adam/linear/w/m" in names
+    with tf1.Session(graph=graph) as session:
+        restored = estimator_ema.restore_averages(session, str(model_dir))
+        np.testing.assert_array_equal(session.run(w), load(model_dir, "linear/w/" + EMA))
+    assert restored == {"linear/w": "linear/w/" + EMA, "linear/b": "linear/b/" + EMA,
+                        "global_step": "global_step"}
+
+
+def keras_adam_model_fn(features, labels, mode):
+    w = tf1.get_variable("linear/w", [3, 1], initializer=tf1.zeros_initializer(),
+                         use_resource=True)
+    loss = tf.reduce_mean(tf.square(tf.matmul(features, w) - labels))
+    apply = _optimizer("keras-adam").apply_gradients(zip(tf.gradients(loss, [w]), [w]))
+    with tf.control_dependencies([apply]):
+        train_op = tf1.assign_add(tf1.train.get_or_create_global_step(), 1)
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+
+def test_drop_optimizer_slots_drops_a_keras_optimizers_state(model_dir, tmp_path):
+    est = tf.estimator.Estimator(keras_adam_model_fn, str(model_dir))
+    est.train(input_fn, steps=2, hooks=[estimator_ema.ExponentialMovingAverageHook(0.8)])
+    keys = _keys(model_dir)
+    assert {"Adam/iter", "Adam/linear/w/m", "Adam/linear/w/v"} <= set(keys)
+    out = estimator_ema.write_averaged_checkpoint(str(model_dir), str(tmp_path / "out" / "m"),
+                                                  drop_optimizer_slots=True)
+    assert _keys(out) == ["global_step", "linear/w"]
+
+
 def test_restore_averages_explicit_variables(hook_trained, model_dir):
     graph, w, b = linear_graph()
     with tf1.Session(graph=graph) as session:
@@ -202,13 +253,20 @@ def test_optimizer_slots(tmp_path, drop):
     values = {"w": np.ones((2, 2), np.float32), "w/Momentum": np.full((2, 2), 3, np.float32),
               "w/" + EMA: np.full((2, 2), 2, np.float32), "w/" + SWA: np.zeros((2, 2)),
               "beta1_power": np.float32(0.9), "emb": np.ones(4, np.float32),
-              "global_step": np.int64(7)}
+              "global_step": np.int64(7),
+              # A Keras optimizer's state, in its scope, and one under `training/`.
+              "Adam/w/m": np.ones((2, 2), np.float32), "Adam/iter": np.int64(7),
+              "Adam/learning_rate": np.float32(0.1),
+              "training/Adagrad/emb/accumulator": np.ones(4, np.float32),
+              "training/Adagrad/decay": np.float32(0.0)}
     source = save_checkpoint(tmp_path / "src" / "model.ckpt", values)
     out = str(tmp_path / "out" / "model.ckpt")
     estimator_ema.write_averaged_checkpoint(source, out, drop_optimizer_slots=drop)
     kept = ["emb", "global_step", "w"]
     if not drop:
-        kept = sorted(kept + ["beta1_power", "w/Momentum", "w/" + SWA])
+        kept = sorted(kept + ["beta1_power", "w/Momentum", "w/" + SWA, "Adam/w/m", "Adam/iter",
+                              "Adam/learning_rate", "training/Adagrad/emb/accumulator",
+                              "training/Adagrad/decay"])
     assert _keys(out) == kept
     np.testing.assert_array_equal(load(out, "w"), values["w/" + EMA])
 

@@ -202,3 +202,106 @@ def test_checkpoints_of_stock_code(model_dir, tmp_path):
     checkpoint, rows = estimator_ema.checkpoints.describe(str(model_dir))
     assert [row[0] for row in rows] == ["global_step", "linear/b", "linear/w"]
     np.testing.assert_allclose(rows[2][3], np.linalg.norm(average - weight), rtol=1e-5)
+
+
+# Canned v1 linear Estimators: their weights are partitioned, in one part even
+# without a partitioner, and in two with one.
+
+COLUMNS = [tf.feature_column.numeric_column("x", shape=[FEATURES])]
+PARTS = ["linear/linear_model/x/weights/part_%d" % i for i in range(2)]
+
+
+def _canned_input_fn(labels="regression"):
+    x, y = DATA
+    y = y if labels == "regression" else (y > 0).astype(np.int64)
+    return lambda: tf.data.Dataset.from_tensor_slices(({"x": x}, y)).batch(8).repeat()
+
+
+class _RecordParts(tf1.train.SessionRunHook):
+    """Records the whole of the partitioned weight before training and after each step."""
+
+    def __init__(self):
+        self.trajectory = []
+
+    def begin(self):
+        variables = {v.op.name: v for v in tf1.global_variables()}
+        self._parts = [variables[part] for part in PARTS]
+
+    def _record(self, session):
+        self.trajectory.append((np.concatenate(session.run(self._parts)),))
+
+    def after_create_session(self, session, coord):
+        self._record(session)
+
+    def after_run(self, run_context, run_values):
+        self._record(run_context.session)
+
+
+def _keys(path):
+    return sorted(k for k, _ in tf.train.list_variables(str(path)))
+
+
+def _canned(kind, model_dir):
+    kwargs = dict(feature_columns=COLUMNS, model_dir=str(model_dir), config=run_config(),
+                  partitioner=tf1.fixed_size_partitioner(2))
+    if kind == "regressor":
+        return tf1.estimator.LinearRegressor(**kwargs)
+    return tf1.estimator.LinearClassifier(**kwargs)
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+@pytest.mark.parametrize("kind", ["regressor", "classifier"])
+def test_canned_linear_estimators(model_dir, tmp_path, kind, how):
+    canned = _canned(kind, model_dir)
+    labels = "regression" if kind == "regressor" else "classes"
+    record = _RecordParts()
+    if how == "hook":
+        canned.train(_canned_input_fn(labels), steps=STEPS,
+                     hooks=[estimator_ema.ExponentialMovingAverageHook(DECAY), record])
+    else:
+        decorated = tf1.estimator.Estimator(
+            estimator_ema.with_ema(canned.model_fn, decay=DECAY), str(model_dir),
+            config=run_config())
+        decorated.train(_canned_input_fn(labels), steps=STEPS, hooks=[record])
+    assert len(record.trajectory) == STEPS + 1
+    name = "linear/linear_model/x/weights"
+    keys = dict(tf.train.list_variables(str(model_dir)))
+    assert keys[name + "/" + EMA] == [FEATURES, 1]
+    (expected,) = ema_oracle(record.trajectory, DECAY)
+    np.testing.assert_allclose(estimator_ema.read_averages(str(model_dir))[name], expected,
+                               atol=1e-6)
+    assert np.abs(expected - load(model_dir, name)).max() > 1e-3
+
+    predict = {"regressor": "predictions", "classifier": "logits"}[kind]
+
+    def predictions(est, **kwargs):
+        return np.array([p[predict] for p in est.predict(
+            lambda: tf.data.Dataset.from_tensor_slices({"x": DATA[0]}).batch(8), **kwargs)])
+
+    raw = predictions(canned)
+    # The same model as a tf.estimator.Estimator, which averaged_estimator and
+    # export_saved_model take (the v1 class is another class in TF 2).
+    served = tf.estimator.Estimator(canned.model_fn, str(model_dir), config=run_config())
+    averaged = predictions(estimator_ema.averaged_estimator(served))
+    assert np.abs(averaged - raw).max() > 1e-3
+    output = estimator_ema.write_averaged_checkpoint(str(model_dir),
+                                                     str(tmp_path / "rewritten" / "model.ckpt"))
+    np.testing.assert_allclose(load(output, name), expected, atol=1e-6)
+    np.testing.assert_allclose(predictions(_canned(kind, tmp_path / "rewritten")), averaged,
+                               atol=1e-5)
+    # Ftrl's slots of each part (`<name>/part_<i>/Ftrl`, each holding its
+    # part's slice only) are copied as those slices, or dropped with the slots.
+    slots = sorted(k for k, _ in tf.train.list_variables(str(model_dir)) if "Ftrl" in k)
+    assert name + "/part_1/Ftrl" in slots
+    assert [k for k in _keys(output) if "Ftrl" in k] == slots
+    resumed = _canned(kind, tmp_path / "rewritten")
+    resumed.train(_canned_input_fn(labels), steps=1)
+    dropped = estimator_ema.write_averaged_checkpoint(
+        str(model_dir), str(tmp_path / "dropped" / "model.ckpt"), drop_optimizer_slots=True)
+    assert not [k for k in _keys(dropped) if "Ftrl" in k]
+    export_dir = estimator_ema.export_saved_model(
+        served, str(tmp_path / "export"),
+        tf.estimator.export.build_parsing_serving_input_receiver_fn(
+            tf.feature_column.make_parse_example_spec(COLUMNS)))
+    variables = os.path.join(export_dir.decode(), "variables", "variables")
+    np.testing.assert_allclose(load(variables, name), expected, atol=1e-6)
