@@ -138,7 +138,7 @@ def _without(var_list, excluded):
     return [v for v in var_list if id(v) not in excluded]
 
 
-def install(graph, averager, state=None):
+def install(graph, averager):
     """Makes the graph's default Saver save `averager`'s state and start it when a
     checkpoint has none (see `AdoptingSaver`).
 
@@ -151,8 +151,10 @@ def install(graph, averager, state=None):
       ValueError: the collection holds something other than a
         `tf.compat.v1.train.Saver`, or several Savers.
     """
-    if state is None:
-        state = _averaging.state_variables(averager, graph)
+    _install(graph, _Averaged(averager, _averaging.state_variables(averager, graph)))
+
+
+def _install(graph, averaged):
     savers = graph.get_collection_ref(tf.GraphKeys.SAVERS)
     if not savers:
         return
@@ -165,41 +167,50 @@ def install(graph, averager, state=None):
     if saver._is_built and saver._var_list is not None:
         logger.info("%s: the graph's default Saver was built by the model_fn; it is replaced "
                     "by one with the same variables and settings that also saves the "
-                    "averages.", averager.options.name)
-    averaged = list(saver._averaged) if isinstance(saver, AdoptingSaver) else []
-    savers[0] = AdoptingSaver.replacing(saver, averaged + [_Averaged(averager, state)])
+                    "averages.", averaged.name)
+    previous = list(saver._averaged) if isinstance(saver, AdoptingSaver) else []
+    savers[0] = AdoptingSaver.replacing(saver, previous + [averaged])
 
 
 class _InstallHook(tf.train.SessionRunHook):
     """Puts the state back among the global variables and installs the Saver, in
-    `begin()`: after Estimator's warm start and its default Saver."""
+    the first `begin()` call: after Estimator's warm start and its default Saver."""
 
-    def __init__(self, averager, state):
-        self._averager = averager
-        self._state = state
+    def __init__(self, averaged):
+        self._averaged = averaged
+        self._done = False
 
     def begin(self):
+        if self._done:
+            return
+        self._done = True
         graph = tf.get_default_graph()
         variables = graph.get_collection_ref(tf.GraphKeys.GLOBAL_VARIABLES)
         listed = {id(v) for v in variables}
-        variables.extend(v for v in self._state if id(v) not in listed)
-        install(graph, self._averager, self._state)
+        variables.extend(v for v in self._averaged.state if id(v) not in listed)
+        _install(graph, self._averaged)
 
 
 def adopting_train_spec(spec, averager):
-    """The decorator's TRAIN spec with the averager's Saver installed by a training hook.
+    """The decorator's TRAIN spec with the averager's Saver installed by a hook.
 
     Until that hook's `begin()` the averager's state is not in the
     `GLOBAL_VARIABLES` collection: Estimator's warm start, which runs between
     the model_fn and the hooks, selects among global variables for a list of
     patterns and would look for the averages in a checkpoint that has none.
     (A session that starts from scratch starts the averages from the weights
-    anyway, after the warm start.)
+    anyway, after the warm start.) The hook is a chief hook, whose `begin()`
+    runs before any other hook's, and a training hook for the other workers,
+    where it runs after the hooks passed to `train()`.
     """
     graph = tf.get_default_graph()
-    state = _averaging.state_variables(averager, graph)
+    # Its ops are built here, in the model_fn's context (a strategy's replica context).
+    averaged = _Averaged(averager, _averaging.state_variables(averager, graph))
     variables = graph.get_collection_ref(tf.GraphKeys.GLOBAL_VARIABLES)
-    hidden = {id(v) for v in state}
+    hidden = {id(v) for v in averaged.state}
     variables[:] = [v for v in variables if id(v) not in hidden]
-    hook = _InstallHook(averager, state)
-    return spec._replace(training_hooks=list(spec.training_hooks) + [hook])
+    hook = _InstallHook(averaged)
+    spec = spec._replace(training_hooks=list(spec.training_hooks) + [hook])
+    if "training_chief_hooks" in spec._fields:  # Not in a TPUEstimatorSpec.
+        spec = spec._replace(training_chief_hooks=[hook] + list(spec.training_chief_hooks))
+    return spec
