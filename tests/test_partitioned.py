@@ -305,3 +305,65 @@ def test_canned_linear_estimators(model_dir, tmp_path, kind, how):
             tf.feature_column.make_parse_example_spec(COLUMNS)))
     variables = os.path.join(export_dir.decode(), "variables", "variables")
     np.testing.assert_allclose(load(variables, name), expected, atol=1e-6)
+
+
+class _RecordAll(tf1.train.SessionRunHook):
+    """Records every trainable variable, parts joined into the whole, before
+    training and after each step: `[{checkpoint key: value}]`."""
+
+    def __init__(self):
+        self.trajectory = []
+
+    def begin(self):
+        self._variables = tf1.trainable_variables()
+
+    def _record(self, session):
+        whole = {}
+        for var, value in zip(self._variables, session.run(self._variables)):
+            info = var._get_save_slice_info()
+            key = var.op.name if info is None else info.full_name
+            whole.setdefault(key, []).append(
+                (0 if info is None else info.var_offset[0], value))
+        self.trajectory.append({key: np.concatenate([v for _, v in sorted(parts)])
+                                for key, parts in whole.items()})
+
+    def after_create_session(self, session, coord):
+        self._record(session)
+
+    def after_run(self, run_context, run_values):
+        self._record(run_context.session)
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_dnn_classifier_with_a_partitioned_embedding_input_layer(model_dir, tmp_path, how):
+    ids = tf.feature_column.categorical_column_with_identity("id", 16)
+    est = tf1.estimator.DNNClassifier(
+        hidden_units=[4], feature_columns=[tf.feature_column.embedding_column(ids, 4)],
+        model_dir=str(model_dir), config=run_config(),
+        input_layer_partitioner=tf1.fixed_size_partitioner(2))
+    x, y = DATA
+
+    def input_fn():
+        features = {"id": (np.abs(x[:, :1]) * 5).astype(np.int64) % 16}
+        return tf.data.Dataset.from_tensor_slices((features, (y > 0).astype(np.int64))).batch(
+            8).repeat()
+
+    record = _RecordAll()
+    if how == "hook":
+        est.train(input_fn, steps=STEPS,
+                  hooks=[estimator_ema.ExponentialMovingAverageHook(DECAY), record])
+    else:
+        tf1.estimator.Estimator(estimator_ema.with_ema(est.model_fn, decay=DECAY),
+                                str(model_dir), config=run_config()).train(
+            input_fn, steps=STEPS, hooks=[record])
+    averages = estimator_ema.read_averages(str(model_dir))
+    table = "dnn/input_from_feature_columns/input_layer/id_embedding/embedding_weights"
+    keys = dict(tf.train.list_variables(str(model_dir)))
+    assert keys[table] == keys[table + "/" + EMA] == [16, 4]
+    assert sorted(averages) == sorted(record.trajectory[0])
+    for key in averages:
+        (expected,) = ema_oracle([(step[key],) for step in record.trajectory], DECAY)
+        np.testing.assert_allclose(averages[key], expected, atol=1e-5, err_msg=key)
+    output = estimator_ema.write_averaged_checkpoint(str(model_dir),
+                                                     str(tmp_path / "rewritten" / "model.ckpt"))
+    np.testing.assert_array_equal(load(output, table), averages[table])
