@@ -174,9 +174,12 @@ def _install(graph, averaged):
 
 class _InstallHook(tf.train.SessionRunHook):
     """Puts the state back among the global variables and installs the Saver, in
-    the first `begin()` call: after Estimator's warm start and its default Saver."""
+    the first `begin()` call: after Estimator's warm start and its default Saver.
+    `averaged`: the state's `_Averaged` if built in the model_fn, else None."""
 
-    def __init__(self, averaged):
+    def __init__(self, averager, state, averaged=None):
+        self._averager = averager
+        self._state = state
         self._averaged = averaged
         self._done = False
 
@@ -187,8 +190,8 @@ class _InstallHook(tf.train.SessionRunHook):
         graph = tf.get_default_graph()
         variables = graph.get_collection_ref(tf.GraphKeys.GLOBAL_VARIABLES)
         listed = {id(v) for v in variables}
-        variables.extend(v for v in self._averaged.state if id(v) not in listed)
-        _install(graph, self._averaged)
+        variables.extend(v for v in self._state if id(v) not in listed)
+        _install(graph, self._averaged or _Averaged(self._averager, self._state))
 
 
 def adopting_train_spec(spec, averager):
@@ -204,13 +207,17 @@ def adopting_train_spec(spec, averager):
     where it runs after the hooks passed to `train()`.
     """
     graph = tf.get_default_graph()
-    # Its ops are built here, in the model_fn's context (a strategy's replica context).
-    averaged = _Averaged(averager, _averaging.state_variables(averager, graph))
+    state = _averaging.state_variables(averager, graph)
     variables = graph.get_collection_ref(tf.GraphKeys.GLOBAL_VARIABLES)
-    hidden = {id(v) for v in averaged.state}
+    hidden = {id(v) for v in state}
     variables[:] = [v for v in variables if id(v) not in hidden]
-    hook = _InstallHook(averaged)
-    spec = spec._replace(training_hooks=list(spec.training_hooks) + [hook])
-    if "training_chief_hooks" in spec._fields:  # Not in a TPUEstimatorSpec.
-        spec = spec._replace(training_chief_hooks=[hook] + list(spec.training_chief_hooks))
-    return spec
+    if "training_chief_hooks" not in spec._fields:
+        # A TPUEstimatorSpec: the model_fn runs in the TPU computation, so the
+        # hook builds the ops that start the state, on the host.
+        hook = _InstallHook(averager, state)
+        return spec._replace(training_hooks=list(spec.training_hooks) + [hook])
+    # The ops that start the state are built here, in the model_fn's context (a
+    # distribution strategy's replica context).
+    hook = _InstallHook(averager, state, _Averaged(averager, state))
+    return spec._replace(training_chief_hooks=[hook] + list(spec.training_chief_hooks),
+                         training_hooks=list(spec.training_hooks) + [hook])
