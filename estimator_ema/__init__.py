@@ -18,13 +18,13 @@ _MODULES = {
     "StochasticWeightAveragingHook": "hooks",
     "averaged_estimator": "export",
     "export_saved_model": "export",
-    "read_averages": "checkpoints",
-    "restore_averages": "checkpoints",
+    "read_averages": "reading",
+    "restore_averages": "restoring",
     "update_batch_norm": "batch_norm",
-    "warm_start_from_averages": "checkpoints",
+    "warm_start_from_averages": "warm_start",
     "with_ema": "model_fn",
     "with_swa": "model_fn",
-    "write_averaged_checkpoint": "checkpoints",
+    "write_averaged_checkpoint": "rewriting",
 }
 """Each public name and the module (`estimator_ema.<module>`) that defines it."""
 

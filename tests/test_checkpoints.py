@@ -11,7 +11,7 @@ import tensorflow as tf
 import estimator_ema
 from conftest import (DATA, EMA, IS_TF1, SWA, ema_oracle, estimator, input_fn, linear_graph,
                       load, save_checkpoint, sgd_weights, tf1, trained_with_hook)
-from estimator_ema import checkpoints
+from estimator_ema import rewriting
 
 LINEAR = ["linear/b", "linear/w"]
 
@@ -87,6 +87,57 @@ def test_restore_averages_loads_the_averages(hook_trained, model_dir, finalize):
     assert step == 10
     assert restored == {"linear/w": "linear/w/" + EMA, "linear/b": "linear/b/" + EMA,
                         "global_step": "global_step"}
+
+
+def _optimizer(kind):
+    if kind == "v1-adam":
+        return tf1.train.AdamOptimizer(0.1)
+    optimizers = tf.keras.optimizers
+    return (getattr(optimizers, "legacy", None) or optimizers).Adam(0.1)
+
+
+@pytest.mark.parametrize("kind", ["v1-adam", "keras-adam"])
+def test_restore_averages_leaves_optimizer_state_alone(hook_trained, model_dir, kind):
+    """A training graph's optimizer state (v1 Adam's beta1_power, a Keras
+    optimizer's slots, iterations and hyperparameters) is not a model variable."""
+    graph = tf.Graph()
+    with graph.as_default():
+        w = tf1.get_variable("linear/w", [3, 1], use_resource=kind == "keras-adam" or None)
+        b = tf1.get_variable("linear/b", [1], use_resource=kind == "keras-adam" or None)
+        loss = tf.reduce_sum(tf.square(tf.matmul(tf.ones([2, 3]), w) + b))
+        step = tf1.train.get_or_create_global_step()
+        optimizer = _optimizer(kind)
+        if kind == "v1-adam":
+            optimizer.minimize(loss, global_step=step)
+        else:
+            optimizer.apply_gradients(zip(tf.gradients(loss, [w, b]), [w, b]))
+    names = {v.op.name for v in graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)}
+    assert "beta1_power" in names if kind == "v1-adam" else "Adam/linear/w/m" in names
+    with tf1.Session(graph=graph) as session:
+        restored = estimator_ema.restore_averages(session, str(model_dir))
+        np.testing.assert_array_equal(session.run(w), load(model_dir, "linear/w/" + EMA))
+    assert restored == {"linear/w": "linear/w/" + EMA, "linear/b": "linear/b/" + EMA,
+                        "global_step": "global_step"}
+
+
+def keras_adam_model_fn(features, labels, mode):
+    w = tf1.get_variable("linear/w", [3, 1], initializer=tf1.zeros_initializer(),
+                         use_resource=True)
+    loss = tf.reduce_mean(tf.square(tf.matmul(features, w) - labels))
+    apply = _optimizer("keras-adam").apply_gradients(zip(tf.gradients(loss, [w]), [w]))
+    with tf.control_dependencies([apply]):
+        train_op = tf1.assign_add(tf1.train.get_or_create_global_step(), 1)
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+
+def test_drop_optimizer_slots_drops_a_keras_optimizers_state(model_dir, tmp_path):
+    est = tf.estimator.Estimator(keras_adam_model_fn, str(model_dir))
+    est.train(input_fn, steps=2, hooks=[estimator_ema.ExponentialMovingAverageHook(0.8)])
+    keys = _keys(model_dir)
+    assert {"Adam/iter", "Adam/linear/w/m", "Adam/linear/w/v"} <= set(keys)
+    out = estimator_ema.write_averaged_checkpoint(str(model_dir), str(tmp_path / "out" / "m"),
+                                                  drop_optimizer_slots=True)
+    assert _keys(out) == ["global_step", "linear/w"]
 
 
 def test_restore_averages_explicit_variables(hook_trained, model_dir):
@@ -202,19 +253,26 @@ def test_optimizer_slots(tmp_path, drop):
     values = {"w": np.ones((2, 2), np.float32), "w/Momentum": np.full((2, 2), 3, np.float32),
               "w/" + EMA: np.full((2, 2), 2, np.float32), "w/" + SWA: np.zeros((2, 2)),
               "beta1_power": np.float32(0.9), "emb": np.ones(4, np.float32),
-              "global_step": np.int64(7)}
+              "global_step": np.int64(7),
+              # A Keras optimizer's state, in its scope, and one under `training/`.
+              "Adam/w/m": np.ones((2, 2), np.float32), "Adam/iter": np.int64(7),
+              "Adam/learning_rate": np.float32(0.1),
+              "training/Adagrad/emb/accumulator": np.ones(4, np.float32),
+              "training/Adagrad/decay": np.float32(0.0)}
     source = save_checkpoint(tmp_path / "src" / "model.ckpt", values)
     out = str(tmp_path / "out" / "model.ckpt")
     estimator_ema.write_averaged_checkpoint(source, out, drop_optimizer_slots=drop)
     kept = ["emb", "global_step", "w"]
     if not drop:
-        kept = sorted(kept + ["beta1_power", "w/Momentum", "w/" + SWA])
+        kept = sorted(kept + ["beta1_power", "w/Momentum", "w/" + SWA, "Adam/w/m", "Adam/iter",
+                              "Adam/learning_rate", "training/Adagrad/emb/accumulator",
+                              "training/Adagrad/decay"])
     assert _keys(out) == kept
     np.testing.assert_array_equal(load(out, "w"), values["w/" + EMA])
 
 
 def test_many_chunks_many_data_files(hook_trained, model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoints, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(rewriting, "_CHUNK_BYTES", 1)
     out = str(tmp_path / "out" / "model.ckpt")
     estimator_ema.write_averaged_checkpoint(str(model_dir), out)
     data = [f for f in os.listdir(str(tmp_path / "out")) if ".data-" in f]
@@ -294,17 +352,17 @@ def _fail_on(monkeypatch, target, attribute, failing_call=1):
 # With one tensor per chunk the three tensors make three data files, moved
 # before the index: renames 1 to 3 are data, 4 the index.
 FAILURES = {
-    "second-chunk": (checkpoints._TensorCopier, "copy", 2),
-    "merge": (checkpoints._TensorCopier, "merge", 1),
-    "moving-data": (checkpoints, "_rename", 2),
-    "moving-index": (checkpoints, "_rename", 4),
+    "second-chunk": (rewriting._TensorCopier, "copy", 2),
+    "merge": (rewriting._TensorCopier, "merge", 1),
+    "moving-data": (rewriting, "_rename", 2),
+    "moving-index": (rewriting, "_rename", 4),
 }
 
 
 @pytest.mark.parametrize("where", sorted(FAILURES))
 def test_a_failure_leaves_no_partial_output(hook_trained, model_dir, tmp_path, monkeypatch,
                                             where):
-    monkeypatch.setattr(checkpoints, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(rewriting, "_CHUNK_BYTES", 1)
     source_files = sorted(os.listdir(str(model_dir)))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -317,7 +375,7 @@ def test_a_failure_leaves_no_partial_output(hook_trained, model_dir, tmp_path, m
 
 def test_a_failure_does_not_create_the_output_directory(hook_trained, model_dir, tmp_path,
                                                         monkeypatch):
-    _fail_on(monkeypatch, checkpoints._TensorCopier, "merge")
+    _fail_on(monkeypatch, rewriting._TensorCopier, "merge")
     with pytest.raises(RuntimeError, match="injected failure"):
         estimator_ema.write_averaged_checkpoint(str(model_dir), str(tmp_path / "new" / "m"))
     assert not (tmp_path / "new").exists()
@@ -328,10 +386,10 @@ def test_overwriting_an_output_checkpoint(model_dir, tmp_path, monkeypatch, fail
     old = save_checkpoint(tmp_path / "out" / "model.ckpt",
                           {"old": np.zeros(3, np.float32), "linear/w": np.ones((3, 1))})
     trained_with_hook(model_dir)
-    monkeypatch.setattr(checkpoints, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(rewriting, "_CHUNK_BYTES", 1)
     if fail:
         # Renames 1-2 set the old checkpoint aside, 3-5 move data, 6 the index.
-        _fail_on(monkeypatch, checkpoints, "_rename", 6)
+        _fail_on(monkeypatch, rewriting, "_rename", 6)
         with pytest.raises(RuntimeError, match="injected failure"):
             estimator_ema.write_averaged_checkpoint(str(model_dir), old)
         assert _keys(old) == ["linear/w", "old"]

@@ -19,7 +19,7 @@ from conftest import IS_TF1, DATA, ema_oracle, estimator, load, sgd_weights
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "cluster_task.py")
 EMA = "ExponentialMovingAverage"
-STEPS = {"hook": 400, "decorator": 400, "sync": 100}
+STEPS = {"hook": 400, "decorator": 400, "sync": 100, "embedding": 200}
 
 
 def _free_ports(count):
@@ -34,16 +34,16 @@ def _free_ports(count):
 
 
 @contextlib.contextmanager
-def cluster(model_dir, mode, tmp_path):
-    ps, chief, worker = ("127.0.0.1:%d" % p for p in _free_ports(3))
-    spec = {"ps": [ps], "chief": [chief], "worker": [worker]}
+def cluster(model_dir, mode, tmp_path, ps_tasks=1):
+    addresses = ["127.0.0.1:%d" % p for p in _free_ports(ps_tasks + 2)]
+    spec = {"ps": addresses[2:], "chief": [addresses[0]], "worker": [addresses[1]]}
     processes = {}
     try:
-        for task in ["ps", "chief", "worker"]:
+        for task, index in [("ps", i) for i in range(ps_tasks)] + [("chief", 0), ("worker", 0)]:
             env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
-                {"cluster": spec, "task": {"type": task, "index": 0}}))
-            log = open(str(tmp_path / (task + ".log")), "w")
-            processes[task] = subprocess.Popen(
+                {"cluster": spec, "task": {"type": task, "index": index}}))
+            log = open(str(tmp_path / ("%s%d.log" % (task, index))), "w")
+            processes[task if task != "ps" else "ps%d" % index] = subprocess.Popen(
                 [sys.executable, SCRIPT, str(model_dir), mode, str(STEPS[mode])],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
         yield processes
@@ -61,7 +61,7 @@ def _wait_for(predicate, processes, tmp_path, timeout=240):
         for task in ("chief", "worker"):
             code = processes[task].poll()
             if code not in (None, 0):
-                log = (tmp_path / (task + ".log")).read_text()
+                log = (tmp_path / (task + "0.log")).read_text()
                 pytest.fail("%s exited with %s:\n%s" % (task, code, log[-3000:]))
         time.sleep(0.5)
     pytest.fail("the cluster did not finish in %d s" % timeout)
@@ -102,6 +102,45 @@ def test_parameter_server_training_feeds_one_average(tmp_path, mode):
         loss = json.load(handle)["loss"]
     np.testing.assert_allclose(loss, _numpy_loss(model_dir, "/" + EMA), rtol=1e-5)
     assert abs(loss - _numpy_loss(model_dir, "")) > 1e-7
+
+
+def test_partitioned_embedding_on_two_parameter_servers(tmp_path):
+    model_dir = tmp_path / "model"
+    result = model_dir / "result.json"
+    with cluster(model_dir, "embedding", tmp_path, ps_tasks=2) as processes:
+        _wait_for(lambda: result.exists() and os.path.exists(str(model_dir / "worker0.json")),
+                  processes, tmp_path)
+    chief, worker = _report(model_dir, "chief0"), _report(model_dir, "worker0")
+    assert chief["steps"] > 0 and worker["steps"] > 0
+    # Each part of the table on its own parameter server, its average beside it.
+    parts = ["emb/part_0", "emb/part_1"]
+    assert {chief["devices"][p] for p in parts} == {"/job:ps/task:0", "/job:ps/task:1"}
+    for part in parts:
+        assert (chief["devices"][part] == chief["devices"][part + "/" + EMA]
+                == worker["devices"][part + "/" + EMA])
+    # Saved as TF saves the table: the whole of it under the full name.
+    keys = dict(tf.train.list_variables(str(model_dir)))
+    assert keys["emb"] == keys["emb/" + EMA] == [16, 1]
+    # Every step of every task updated each part's average once.
+    global_step = load(model_dir, "global_step")
+    assert global_step == chief["steps"] + worker["steps"]
+    for part in parts:
+        assert load(model_dir, "%s/%s/local_step" % (part, EMA)) == global_step
+    table = estimator_ema.read_averages(str(model_dir))["emb"]
+    np.testing.assert_array_equal(table, load(model_dir, "emb/" + EMA))
+    assert np.all(np.isfinite(table))
+    np.testing.assert_allclose(table, load(model_dir, "emb"), atol=0.2)
+    # The chief's final evaluation used the averages.
+    ids = (np.abs(DATA[0][:, 0]) * 5).astype(np.int64) % 16
+
+    def loss(suffix):
+        predictions = (DATA[0] @ load(model_dir, "linear/w" + suffix)
+                       + load(model_dir, "emb" + suffix)[ids])
+        return np.mean((predictions - DATA[1]) ** 2)
+
+    with open(str(result)) as handle:
+        np.testing.assert_allclose(json.load(handle)["loss"], loss("/" + EMA), rtol=1e-4)
+    assert abs(loss("/" + EMA) - loss("")) > 1e-7
 
 
 def test_sync_replicas_optimizer_updates_the_average_once_per_global_step(tmp_path):

@@ -1,6 +1,8 @@
 """One task of a local TF_CONFIG cluster training the conftest linear model.
 
-usage: cluster_task.py MODEL_DIR {hook,decorator,sync} MAX_STEPS   (TF_CONFIG set)
+usage: cluster_task.py MODEL_DIR {hook,decorator,sync,embedding} MAX_STEPS   (TF_CONFIG set)
+
+(`embedding`: the hook on a model with a partitioned embedding table.)
 
 Runs tf.estimator.train_and_evaluate (a parameter server blocks in it until
 killed). Each training task writes MODEL_DIR/<task>.json with the steps it ran
@@ -53,6 +55,23 @@ def sync_model_fn(features, labels, mode, params, config):
         training_hooks=[optimizer.make_session_run_hook(config.is_chief)])
 
 
+TABLE_ROWS = 16
+
+
+def embedding_model_fn(features, labels, mode, params):
+    """The linear model plus an embedding table in two parts, one per parameter server."""
+    table = tf1.get_variable("emb", [TABLE_ROWS, 1], initializer=tf1.zeros_initializer(),
+                             partitioner=tf1.fixed_size_partitioner(2))
+    w = tf1.get_variable("linear/w", [3, 1], initializer=tf1.zeros_initializer())
+    ids = tf.math.floormod(tf.cast(tf.abs(features[:, 0]) * 5, tf.int64), TABLE_ROWS)
+    predictions = (tf.matmul(features, w)
+                   + tf1.nn.embedding_lookup(table, ids, partition_strategy="div"))
+    loss = tf.reduce_mean(tf.square(predictions - labels))
+    train_op = tf1.train.GradientDescentOptimizer(LEARNING_RATE).minimize(
+        loss, global_step=tf1.train.get_or_create_global_step())
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+
 class Report(tf1.train.SessionRunHook):
     """Counts this task's steps, records variable placement, and paces the
     steps (a worker starts about 5 s after the chief: with unpaced steps the
@@ -63,7 +82,7 @@ class Report(tf1.train.SessionRunHook):
         self._pace_secs = pace_secs
         self._steps = 0
 
-    def begin(self):
+    def after_create_session(self, session, coord):
         self._devices = {v.op.name: v.device for v in tf1.global_variables()}
 
     def after_run(self, run_context, run_values):
@@ -87,7 +106,7 @@ def main(model_dir, mode, max_steps):
     elif mode == "sync":
         model_fn = sync_model_fn
     else:
-        model_fn = linear_model_fn
+        model_fn = embedding_model_fn if mode == "embedding" else linear_model_fn
         hooks.insert(0, estimator_ema.ExponentialMovingAverageHook(DECAY, zero_debias=ZERO_DEBIAS))
     estimator = tf.estimator.Estimator(model_fn, model_dir, config=config,
                                        params={"optimizer": "v1"})
