@@ -116,6 +116,10 @@ def create_shadow(var, name, initial_value, suffix=""):
     Built under `init_scope`, so it never picks up the control dependencies or
     control flow of the place that asks for it. Raises RuntimeError if that name
     is already taken (two averagers with one name on the same variables).
+
+    The shadow of a part of a partitioned variable is a part too: it is saved,
+    as stock `ExponentialMovingAverage` (`slot_creator`) saves it, as a slice
+    of `<full name>/<name><suffix>` (see `_slice_like`).
     """
     expected = shadow_name(var.op.name, name) + suffix
     use_resource = hasattr(var, "handle")
@@ -130,7 +134,33 @@ def create_shadow(var, name, initial_value, suffix=""):
         raise RuntimeError(
             "Variable %s already has an average named %r; use another 'name' or "
             "average it once." % (var.op.name, name + suffix))
+    _slice_like(shadow, var, name + suffix)
     return shadow
+
+
+def state_variables(averager, graph):
+    """Every variable `averager` keeps, found by name among `graph`'s global
+    variables: the averages, their zero-debias helpers and the SWA count."""
+    names = {a.op.name for a in averager.averages}
+    names.update([shadow_name(n, h) for n in names for h in DEBIAS_HELPERS]
+                 + [count_name(averager.options.name)])
+    return [v for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES) if v.op.name in names]
+
+
+def _slice_like(shadow, var, name):
+    """Saves `shadow` as a slice of `<full name>/<name>` when `var` is the part of
+    a partitioned variable saved as a slice of `<full name>`.
+
+    A scalar shadow (a zero-debias step count) stays a variable of its own, and
+    one of lower rank is sliced along the leading dimensions, as `slot_creator` does.
+    """
+    info = var._get_save_slice_info()
+    rank = shadow.shape.ndims
+    if info is None or rank == 0:
+        return
+    shadow._set_save_slice_info(tf.Variable.SaveSliceInfo(
+        info.full_name + "/" + name, info.full_shape[:rank], info.var_offset[:rank],
+        info.var_shape[:rank]))
 
 
 class _Averager(object):

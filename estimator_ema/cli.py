@@ -86,11 +86,11 @@ def run_inspect(path, name, out):
 
 
 def run_export(path, out_prefix, name, drop_optimizer_slots, out):
-    from estimator_ema import checkpoints
+    from estimator_ema import checkpoints, rewriting
     source = checkpoints.resolve_checkpoint(path, "PATH")
     if out_prefix.endswith(("/", os.sep)) or os.path.isdir(out_prefix):
         out_prefix = os.path.join(out_prefix, os.path.basename(source))
-    written = checkpoints.write_averaged_checkpoint(
+    written = rewriting.write_averaged_checkpoint(
         source, out_prefix, name=name, drop_optimizer_slots=drop_optimizer_slots)
     out.write("%s\n" % written)
 

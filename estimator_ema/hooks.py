@@ -2,7 +2,7 @@
 
 import logging
 
-from estimator_ema import _averaging, _graphs
+from estimator_ema import _averaging, _graphs, _savers
 from estimator_ema._compat import tf
 from estimator_ema._distribution import check_hook_strategy
 from estimator_ema._graphs import adds_one, adds_one_to, ancestors
@@ -65,6 +65,7 @@ class _AveragingHook(tf.train.SessionRunHook):
         check_hook_strategy(type(self).__name__)
         graph = tf.get_default_graph()
         self._averager = self._make_averager(self._options, graph)
+        _savers.install(graph, self._averager)
         if not graph.get_collection(tf.GraphKeys.SAVERS):
             logger.warning(
                 "%s: the graph has no default Saver, so the model_fn's Scaffold brings its "

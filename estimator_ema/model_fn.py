@@ -8,7 +8,9 @@ from estimator_ema import _averaging
 from estimator_ema._compat import tf, tf_estimator
 from estimator_ema._distribution import check_decorator_strategy
 from estimator_ema._graphs import ancestors, update_ops_to_run
+from estimator_ema._savers import adopting_train_spec
 from estimator_ema._scaffolds import AveragesSaver, replace_scaffold
+from estimator_ema.checkpoints import checkpoint_key, saver_var_list
 
 EVALUATE_WITH = ("averages", "weights", "both")
 RAW_SCOPE = "raw_weights"
@@ -173,19 +175,19 @@ def _train_spec(spec, averager):
     averager.add_summaries()
     initialize = averager.initialize_from_weights()
     scaffold = replace_scaffold(spec.scaffold, init_fn=lambda session: session.run(initialize))
-    return spec._replace(train_op=train_op, scaffold=scaffold)
+    return adopting_train_spec(spec._replace(train_op=train_op, scaffold=scaffold), averager)
 
 
 def _averages_map(options, graph):
-    """`{checkpoint key: variable}`: averaged variables from their averages."""
+    """`[(checkpoint key, variable)]`: averaged variables from their averages."""
     averaged = set(options.selection.select(graph))
-    return {(_averaging.shadow_name(v.op.name, options.name) if v in averaged
-             else v.op.name): v
-            for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)}
+    return [(_averaging.shadow_name(checkpoint_key(v), options.name) if v in averaged
+             else checkpoint_key(v), v)
+            for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)]
 
 
 def _averages_spec(spec, options):
-    saver = AveragesSaver(_averages_map(options, tf.get_default_graph()))
+    saver = AveragesSaver(saver_var_list(_averages_map(options, tf.get_default_graph())))
     return spec._replace(scaffold=replace_scaffold(spec.scaffold, saver=saver))
 
 
@@ -215,14 +217,17 @@ def _both_spec(spec, options, build_again):
             # slots, say): initialize it like a metric variable.
             graph.get_collection_ref(tf.GraphKeys.GLOBAL_VARIABLES).remove(var)
             graph.add_to_collection(tf.GraphKeys.LOCAL_VARIABLES, var)
-    uncopied = [k for k, v in averages_map.items() if k != v.op.name and v.op.name not in raw_map]
+    uncopied = [v.op.name for k, v in averages_map
+                if k != checkpoint_key(v) and v.op.name not in raw_map]
     if strays or uncopied:
         raise ValueError(
             "evaluate_with='both' builds the model_fn again under the %r variable scope, but "
             "this model's variables do not follow it (new variables %s; no raw copy of %s). "
             "Create variables with tf.compat.v1.get_variable, tf.compat.v1.layers or tf_slim, "
             "or use evaluate_with='averages' or 'weights'."
-            % (RAW_SCOPE, strays[:5], [averages_map[k].op.name for k in uncopied][:5]))
-    saver = AveragesSaver(averages_map, raw_map)
+            % (RAW_SCOPE, strays[:5], uncopied[:5]))
+    saver = AveragesSaver(saver_var_list(averages_map),
+                          saver_var_list((checkpoint_key(existing[plain]), var)
+                                         for plain, var in raw_map.items()))
     return spec._replace(eval_metric_ops=metrics,
                          scaffold=replace_scaffold(spec.scaffold, saver=saver))

@@ -11,7 +11,7 @@ import tensorflow as tf
 import estimator_ema
 from conftest import (DATA, EMA, IS_TF1, SWA, ema_oracle, estimator, input_fn, linear_graph,
                       load, save_checkpoint, sgd_weights, tf1, trained_with_hook)
-from estimator_ema import checkpoints
+from estimator_ema import rewriting
 
 LINEAR = ["linear/b", "linear/w"]
 
@@ -214,7 +214,7 @@ def test_optimizer_slots(tmp_path, drop):
 
 
 def test_many_chunks_many_data_files(hook_trained, model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoints, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(rewriting, "_CHUNK_BYTES", 1)
     out = str(tmp_path / "out" / "model.ckpt")
     estimator_ema.write_averaged_checkpoint(str(model_dir), out)
     data = [f for f in os.listdir(str(tmp_path / "out")) if ".data-" in f]
@@ -294,17 +294,17 @@ def _fail_on(monkeypatch, target, attribute, failing_call=1):
 # With one tensor per chunk the three tensors make three data files, moved
 # before the index: renames 1 to 3 are data, 4 the index.
 FAILURES = {
-    "second-chunk": (checkpoints._TensorCopier, "copy", 2),
-    "merge": (checkpoints._TensorCopier, "merge", 1),
-    "moving-data": (checkpoints, "_rename", 2),
-    "moving-index": (checkpoints, "_rename", 4),
+    "second-chunk": (rewriting._TensorCopier, "copy", 2),
+    "merge": (rewriting._TensorCopier, "merge", 1),
+    "moving-data": (rewriting, "_rename", 2),
+    "moving-index": (rewriting, "_rename", 4),
 }
 
 
 @pytest.mark.parametrize("where", sorted(FAILURES))
 def test_a_failure_leaves_no_partial_output(hook_trained, model_dir, tmp_path, monkeypatch,
                                             where):
-    monkeypatch.setattr(checkpoints, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(rewriting, "_CHUNK_BYTES", 1)
     source_files = sorted(os.listdir(str(model_dir)))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -317,7 +317,7 @@ def test_a_failure_leaves_no_partial_output(hook_trained, model_dir, tmp_path, m
 
 def test_a_failure_does_not_create_the_output_directory(hook_trained, model_dir, tmp_path,
                                                         monkeypatch):
-    _fail_on(monkeypatch, checkpoints._TensorCopier, "merge")
+    _fail_on(monkeypatch, rewriting._TensorCopier, "merge")
     with pytest.raises(RuntimeError, match="injected failure"):
         estimator_ema.write_averaged_checkpoint(str(model_dir), str(tmp_path / "new" / "m"))
     assert not (tmp_path / "new").exists()
@@ -328,10 +328,10 @@ def test_overwriting_an_output_checkpoint(model_dir, tmp_path, monkeypatch, fail
     old = save_checkpoint(tmp_path / "out" / "model.ckpt",
                           {"old": np.zeros(3, np.float32), "linear/w": np.ones((3, 1))})
     trained_with_hook(model_dir)
-    monkeypatch.setattr(checkpoints, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(rewriting, "_CHUNK_BYTES", 1)
     if fail:
         # Renames 1-2 set the old checkpoint aside, 3-5 move data, 6 the index.
-        _fail_on(monkeypatch, checkpoints, "_rename", 6)
+        _fail_on(monkeypatch, rewriting, "_rename", 6)
         with pytest.raises(RuntimeError, match="injected failure"):
             estimator_ema.write_averaged_checkpoint(str(model_dir), old)
         assert _keys(old) == ["linear/w", "old"]
