@@ -104,9 +104,10 @@ def _consumers(op):
     return ops + list(op._control_outputs)
 
 
-def _is_restore_or_initializer(op, variable):
-    """Whether `op` writes `variable` with its initial value or a checkpoint's."""
-    if op is variable.initializer:
+def _is_restore_or_initializer(op, initializers):
+    """Whether `op` is one of `initializers` (a set) or writes a variable with a
+    checkpoint's value."""
+    if op in initializers:
         return True
     if op.type not in ("Assign", "AssignVariableOp"):
         return False
@@ -120,14 +121,17 @@ def training_ops(global_step, variables):
     """The ops a training step may fetch as its train op.
 
     Candidates are the ops, outside control flow, that are or follow a write
-    of the global step (initializers and checkpoint restores aside) and either
-    group other ops (NoOp) or may write the global step or one of `variables`.
-    Of those, the ones no other candidate follows.
+    of the global step and a write of one of `variables` (initializers and
+    checkpoint restores aside) and either group other ops (NoOp) or may write
+    the global step or one of `variables`. Of those, the ones no other
+    candidate follows.
     """
-    seeds = [op for op in writers([global_step])
-             if not _is_restore_or_initializer(op, global_step)]
+    def seeds(some):
+        initializers = {v.initializer for v in some}
+        return [op for op in writers(some) if not _is_restore_or_initializer(op, initializers)]
+
     written = writers(list(variables) + [global_step])
-    following = _following(seeds)
+    following = _following(seeds([global_step])) & _following(seeds(list(variables)))
     candidates = {op for op in following
                   if op._get_control_flow_context() is None
                   and (op.type == "NoOp" or op in written)}
