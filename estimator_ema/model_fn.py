@@ -25,7 +25,8 @@ def _check_evaluate_with(evaluate_with):
 
 def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
              variables=None, include=None, exclude=None, every_n_steps=1,
-             name=_averaging.EMA_NAME, skip_nonfinite=False, evaluate_with="averages"):
+             name=_averaging.EMA_NAME, skip_nonfinite=False, lazy_rows=True,
+             evaluate_with="averages"):
     """Decorates a model_fn so it keeps, and uses, exponential moving averages.
 
     TRAIN: the returned `train_op` runs the model_fn's train op, then every
@@ -63,7 +64,8 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
       model_fn: the model_fn to decorate, taking `(features, labels, mode)` and
         optionally `params` and/or `config`; omit it to get a decorator.
       decay, num_updates, zero_debias, variables, include, exclude,
-      every_n_steps, name, skip_nonfinite: as for `ExponentialMovingAverageHook`.
+      every_n_steps, name, skip_nonfinite, lazy_rows: as for
+        `ExponentialMovingAverageHook`.
       evaluate_with: "averages", "weights" or "both".
 
     Returns:
@@ -75,7 +77,7 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
     options = _averaging.EmaOptions(
         decay=decay, num_updates=num_updates, zero_debias=zero_debias, variables=variables,
         include=include, exclude=exclude, every_n_steps=every_n_steps, name=name,
-        skip_nonfinite=skip_nonfinite)
+        skip_nonfinite=skip_nonfinite, lazy_rows=lazy_rows)
     return _decorator(model_fn, options, _averaging.ExponentialMovingAverager,
                       _check_evaluate_with(evaluate_with), "with_ema(decay=0.99)")
 
@@ -170,8 +172,9 @@ def _train_spec(spec, averager):
             "leave Scaffold.saver unset (Estimator then saves every variable) or use "
             "the averaging hook with a Saver that includes them.")
     graph = tf.get_default_graph()
-    after = [spec.train_op] + update_ops_to_run(graph, ancestors(spec.train_op))
-    train_op = averager.update(after=after)
+    ran = ancestors(spec.train_op)
+    averager.average_rows_lazily(ran)
+    train_op = averager.update(after=[spec.train_op] + update_ops_to_run(graph, ran))
     averager.add_summaries()
     initialize = averager.initialize_from_weights()
     scaffold = replace_scaffold(spec.scaffold, init_fn=lambda session: session.run(initialize))
