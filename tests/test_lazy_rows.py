@@ -1,6 +1,10 @@
 """Lazy averages of embedding tables: exact in every checkpoint, every row."""
 
 import logging
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -187,3 +191,35 @@ def test_a_dense_write_keeps_the_dense_update(tmp_path):
         del OPTIMIZERS["adam"]
     assert not last_step_keys(tmp_path)
     assert check(recorder, reader) == len(reader.saved)
+
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts",
+                      "train_until_killed.py")
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_a_run_killed_after_a_checkpoint_resumes_exactly(tmp_path, how):
+    # Killed right after step 5: the last checkpoint is step 4, flushed.
+    result = subprocess.run([sys.executable, SCRIPT, str(tmp_path), how + "-embedding", "20",
+                             "5"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert tf.train.load_variable(str(tmp_path), "global_step") == 4
+    restored = {"embedding/table": tf.train.load_variable(str(tmp_path),
+                                                          "embedding/table/" + EMA)}
+    model_fn = embedding_model_fn
+    hooks = [Recorder()]
+    if how == "decorator":
+        model_fn = estimator_ema.with_ema(model_fn, decay=0.8)
+    else:
+        hooks.insert(0, estimator_ema.ExponentialMovingAverageHook(0.8))
+    est = tf.estimator.Estimator(model_fn, str(tmp_path),
+                                 params={"optimizer": "sgd", "parts": 0},
+                                 config=run_config(save_checkpoints_steps=2))
+    reader = CheckpointReader(tmp_path, EMA)
+    est.train(ids_input_fn, steps=6, hooks=hooks, saving_listeners=[reader])
+    record = hooks[-1].record[1:]
+    for step, averages in reader.saved:
+        expected = ema_of([r for r in record if r[0] <= step], 0.8, restored)
+        np.testing.assert_allclose(averages["embedding/table"], expected["embedding/table"],
+                                   rtol=1e-5, atol=1e-6, err_msg="checkpoint %d" % step)
+    assert [step for step, _ in reader.saved] == [4, 6, 8, 10]
