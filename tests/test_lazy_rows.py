@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import estimator_ema
-from conftest import EMA, keras_sgd, run_config, tf1
+from conftest import EMA, IS_TF1, keras_sgd, run_config, tf1
 from test_ordering import CheckpointReader, Recorder, check_every_checkpoint, ema_of
 
 ROWS, DIM, IDS, BATCH = 12, 3, 2, 4
@@ -223,3 +223,37 @@ def test_a_run_killed_after_a_checkpoint_resumes_exactly(tmp_path, how):
         np.testing.assert_allclose(averages["embedding/table"], expected["embedding/table"],
                                    rtol=1e-5, atol=1e-6, err_msg="checkpoint %d" % step)
     assert [step for step, _ in reader.saved] == [4, 6, 8, 10]
+
+
+def canned_input_fn():
+    rng = np.random.RandomState(0)
+    ids = rng.randint(0, 50, size=(64, 3)).astype(np.int64)
+    labels = rng.randint(0, 2, size=(64, 1)).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices(({"ids": ids}, labels)).batch(8).repeat()
+
+
+def canned(kind, model_dir):
+    ids = tf.feature_column.categorical_column_with_identity("ids", 50)
+    embedding = tf.feature_column.embedding_column(ids, 4)
+    config = run_config(save_checkpoints_steps=2)
+    v2 = {"optimizer": "Adagrad"} if not IS_TF1 else {}
+    return {
+        "v2_linear": lambda: tf.estimator.LinearClassifier([ids], model_dir=model_dir,
+                                                           config=config, **v2),
+        "v1_linear": lambda: tf1.estimator.LinearClassifier([ids], model_dir=model_dir,
+                                                            config=config),
+        "v2_dnn": lambda: tf.estimator.DNNClassifier([4], [embedding], model_dir=model_dir,
+                                                     config=config, **v2),
+        "v1_dnn": lambda: tf1.estimator.DNNClassifier([4], [embedding], model_dir=model_dir,
+                                                      config=config),
+    }[kind]()
+
+
+@pytest.mark.parametrize("kind", ["v2_linear", "v1_linear", "v2_dnn", "v1_dnn"])
+def test_canned_estimators_tables_are_lazy_and_exact(tmp_path, kind):
+    recorder, reader = Recorder(), CheckpointReader(tmp_path, EMA)
+    canned(kind, str(tmp_path)).train(
+        canned_input_fn, steps=7, saving_listeners=[reader],
+        hooks=[estimator_ema.ExponentialMovingAverageHook(0.8), recorder])
+    assert check(recorder, reader) == len(reader.saved) == 5
+    assert len(last_step_keys(tmp_path)) == 1
