@@ -418,10 +418,8 @@ class ExponentialMovingAverager(_Averager):
         upto = tf.cast(upto, tf.int64)
         log_d = _rows.log_decay_product(old_last, upto, self.options.decay,
                                         self.options.num_updates, self.options.every_n_steps)
-        d = tf.cast(tf.exp(log_d), old.dtype)
-        d = tf.reshape(d, tf.concat([tf.shape(d), tf.ones([tf.rank(old) - 1], tf.int32)], 0))
-        new = d * old + (1 - d) * value
-        return old, new, old_last, tf.fill(tf.shape(old_last), upto)
+        d = tf.reshape(tf.cast(tf.exp(log_d), old.dtype), [-1] + [1] * (old.shape.ndims - 1))
+        return old, value + d * (old - value), old_last, tf.fill(tf.shape(old_last), upto)
 
     def _catch_up(self, lazy, rows, upto, gate=None):
         old, new, old_last, new_last = self._caught_up(lazy, rows, upto)
@@ -435,6 +433,18 @@ class ExponentialMovingAverager(_Averager):
             return tf.group(tf.scatter_update(lazy.average, rows, new),
                             tf.scatter_update(lazy.last, rows, new_last))
 
+    def _update_rows(self, lazy, step, one_minus, gate):
+        """The update after global step `step` of the rows the step wrote, whose
+        averages the catch-up before the writes brought up to the step before:
+        `a <- a - (1 - d) * (a - w)` on those rows, and their `last` set to `step`."""
+        if gate is not None:
+            return self._catch_up(lazy, lazy.rows, step, gate)
+        rows = lazy.rows
+        delta = (tf.gather(lazy.average, rows) - tf.gather(lazy.variable, rows)) * one_minus
+        last = tf.fill(tf.shape(rows), tf.cast(step, tf.int64))
+        return tf.group(tf.scatter_sub(lazy.average, rows, delta),
+                        tf.scatter_update(lazy.last, rows, last))
+
     def _average_value(self, i):
         if i not in self._lazy:
             return super(ExponentialMovingAverager, self)._average_value(i)
@@ -445,15 +455,15 @@ class ExponentialMovingAverager(_Averager):
         one_minus_by_dtype = {}
         updates = []
         for i, (var, avg) in enumerate(zip(self.variables, self.averages)):
-            if i in self._lazy:
-                updates.append(self._catch_up(self._lazy[i], self._lazy[i].rows, step, gate))
-                continue
-            value = _read(var)
             dtype = avg.dtype.base_dtype
             if dtype not in one_minus_by_dtype:
                 one_minus = tf.cast(1.0 - decay, dtype)
                 one_minus_by_dtype[dtype] = (one_minus, -one_minus)
             one_minus, minus_one_minus = one_minus_by_dtype[dtype]
+            if i in self._lazy:
+                updates.append(self._update_rows(self._lazy[i], step, one_minus, gate))
+                continue
+            value = _read(var)
             if not self._debias:
                 if gate is None:
                     updates.append(_move_toward(avg, value, one_minus, minus_one_minus))

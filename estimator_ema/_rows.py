@@ -63,8 +63,9 @@ class LazyRows(object):
     def __init__(self, variable, average, last, writes, indices):
         self.variable, self.average, self.last = variable, average, last
         self.writes = writes
-        self.rows = tf.unique(tf.concat([tf.reshape(tf.cast(i, tf.int64), [-1])
-                                         for i in indices], 0))[0]
+        flat = [i if i.dtype == tf.int64 and i.shape.ndims == 1
+                else tf.reshape(tf.cast(i, tf.int64), [-1]) for i in indices]
+        self.rows = tf.unique(flat[0] if len(flat) == 1 else tf.concat(flat, 0))[0]
 
 
 def log_decay_product(after, upto, decay, num_updates, every_n_steps):
