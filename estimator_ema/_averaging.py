@@ -6,16 +6,25 @@ so stock `ExponentialMovingAverage(decay).variables_to_restore()` reads the
 checkpoints this package writes, and the other way round.
 """
 
-from estimator_ema import _checks
+import contextlib
+import logging
+
+from estimator_ema import _checks, _rows
 from estimator_ema._compat import IS_TF1, tf
 from estimator_ema._graphs import AVERAGING_SCOPES
 from estimator_ema._selection import Selection
+
+logger = logging.getLogger("estimator_ema")
 
 EMA_NAME = "ExponentialMovingAverage"
 SWA_NAME = "StochasticWeightAverage"
 
 DEBIAS_HELPERS = ("biased", "local_step")
 """The zero-debias helpers of an average: `<average>/biased`, `<average>/local_step`."""
+
+HELPERS = DEBIAS_HELPERS + (_rows.LAST_STEP,)
+"""Every helper variable an average may have, `<average>/<helper>`: the zero-debias
+helpers and a lazy average's per-row `last_step`."""
 
 
 def shadow_name(var_name, name):
@@ -56,17 +65,25 @@ class EmaOptions(_Options):
       name: the shadow suffix, `<variable>/<name>`.
       skip_nonfinite: bool; if True a step whose selected weights hold a NaN or
         an infinity leaves every average (and the debias count) unchanged.
+      lazy_rows: bool; if True (the default) a variable that the training step
+        writes only through sparse row updates (embedding tables) has its
+        average brought up to date row by row, exactly, when a row is written
+        and before each checkpoint (see `_rows`); False averages every row
+        every step. Lazy rows combine with `num_updates` and `every_n_steps`;
+        with `zero_debias` or `skip_nonfinite` every variable is averaged
+        densely (logged).
     """
 
     def __init__(self, decay=0.999, num_updates=True, zero_debias=False, variables=None,
                  include=None, exclude=None, every_n_steps=1, name=EMA_NAME,
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, lazy_rows=True):
         self.decay = _checks.check_decay(decay)
         self.num_updates = _checks.check_bool("num_updates", num_updates)
         self.zero_debias = _checks.check_bool("zero_debias", zero_debias)
         self.every_n_steps = _checks.check_positive_int("every_n_steps", every_n_steps)
         super(EmaOptions, self).__init__(variables, include, exclude, name)
         self.skip_nonfinite = _checks.check_bool("skip_nonfinite", skip_nonfinite)
+        self.lazy_rows = _checks.check_bool("lazy_rows", lazy_rows)
 
 
 class SwaOptions(_Options):
@@ -142,7 +159,7 @@ def state_variables(averager, graph):
     """Every variable `averager` keeps, found by name among `graph`'s global
     variables: the averages, their zero-debias helpers and the SWA count."""
     names = {a.op.name for a in averager.averages}
-    names.update([shadow_name(n, h) for n in names for h in DEBIAS_HELPERS]
+    names.update([shadow_name(n, h) for n in names for h in HELPERS]
                  + [count_name(averager.options.name)])
     return [v for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES) if v.op.name in names]
 
@@ -185,6 +202,7 @@ class _Averager(object):
         self.variables = options.selection.select(graph)
         self.averages = [create_shadow(v, options.name, v.initial_value)
                          for v in self.variables]
+        self._lazy = {}  # {index of a variable: _rows.LazyRows}
         listed = set(id(v) for v in graph.get_collection(tf.GraphKeys.MOVING_AVERAGE_VARIABLES))
         for var in self.variables:
             if id(var) not in listed:
@@ -196,9 +214,7 @@ class _Averager(object):
         The update belongs to the global step it reads plus `step_offset`: 1 when
         it runs before the op that increments the global step.
         """
-        graph = self.global_step.graph
-        with tf.name_scope(self.options.name + "_update") as scope:
-            graph.add_to_collection(AVERAGING_SCOPES, scope)
+        with self._scope("update"):
             with tf.control_dependencies(list(after)):
                 step = read_step(self.global_step)
                 if step_offset:
@@ -209,6 +225,70 @@ class _Averager(object):
                 if not self._gate_in_graph():
                     return tf.group(tf.cond(due, lambda: self._apply_then_true(step), _false))
                 return self._apply(step, gate=due)
+
+    @contextlib.contextmanager
+    def _scope(self, what):
+        """The name scope `<name>_<what>` of ops this averager builds, recorded
+        so that graph walks tell them from the training step's."""
+        with tf.name_scope("%s_%s" % (self.options.name, what)) as scope:
+            self.global_step.graph.add_to_collection(AVERAGING_SCOPES, scope)
+            yield scope
+
+    def average_rows_lazily(self, ran):
+        """Chooses, per variable, to average rows lazily (see `_rows`) where every
+        op among `ran` (the ops a training step runs) that writes the variable
+        is a sparse row write that the global-step increment waits for; builds
+        each one's `<average>/last_step` and orders a catch-up of the written
+        rows before those writes. Logs the choice once. Call it before `update`."""
+        found = {}
+        for i, var in enumerate(self.variables):
+            writes = _rows.row_writes(var, ran) if var.shape.ndims else None
+            if (writes and var.shape[0] is not None
+                    and _rows.written_before_the_step(writes[0], self.global_step, ran)):
+                found[i] = writes
+        if not found:
+            return
+        names = [self.variables[i].op.name for i in sorted(found)]
+        refusal = self._lazy_refusal()
+        if refusal:
+            logger.info("%s: %s written only in rows, averaged densely: %s.",
+                        self.options.name, names, refusal)
+            return
+        with self._scope("rows"):
+            step = read_step(self.global_step)
+            for i, (writes, indices) in sorted(found.items()):
+                var, avg = self.variables[i], self.averages[i]
+                last = create_shadow(avg, _rows.LAST_STEP,
+                                     tf.zeros([var.shape[0]], tf.int64))
+                lazy = _rows.LazyRows(var, avg, last, writes, indices)
+                catch_up = self._catch_up(lazy, lazy.rows, step)
+                for op in writes:
+                    op._add_control_input(catch_up)
+                self._lazy[i] = lazy
+        logger.info("%s: %s written only in rows, averaged lazily: each row's average is "
+                    "brought up to date when the row is written and before each "
+                    "checkpoint.", self.options.name, names)
+
+    def _lazy_refusal(self):
+        """Why no variable can be averaged lazily, or None."""
+        return "stochastic weight averages are dense"
+
+    def flush(self):
+        """An op that brings every row of every lazy average up to date, for a
+        checkpoint to hold exact averages; None if no average is lazy."""
+        if not self._lazy:
+            return None
+        with self._scope("flush"):
+            step = read_step(self.global_step)
+            return tf.group(*[self._catch_up(lazy, None, step)
+                              for lazy in self._lazy.values()])
+
+    def _catch_up(self, lazy, rows, upto, gate=None):
+        raise NotImplementedError
+
+    def _average_value(self, i):
+        """The value of average `i` as a tensor (exact for lazy rows too)."""
+        return _read(self.averages[i])
 
     def _gate_in_graph(self):
         """Whether a due-gated update selects values (`tf.where`) rather than
@@ -249,8 +329,9 @@ class _Averager(object):
     def distance(self):
         """Global L2 distance between the averages and the weights, and its ratio
         to the weights' global norm."""
-        squares = [tf.reduce_sum(tf.square(tf.cast(_read(a) - _read(v), tf.float32)))
-                   for v, a in zip(self.variables, self.averages)]
+        squares = [tf.reduce_sum(tf.square(tf.cast(self._average_value(i) - _read(v),
+                                                   tf.float32)))
+                   for i, v in enumerate(self.variables)]
         norms = [tf.reduce_sum(tf.square(tf.cast(_read(v), tf.float32)))
                  for v in self.variables]
         distance = tf.sqrt(tf.add_n(squares))
@@ -314,19 +395,75 @@ class ExponentialMovingAverager(_Averager):
         return self.options.every_n_steps
 
     def _state(self):
-        return list(self.averages) + [h for pair in self._debias for h in pair]
+        return (list(self.averages) + [h for pair in self._debias for h in pair]
+                + [lazy.last for lazy in self._lazy.values()])
+
+    def _lazy_refusal(self):
+        options = [o for o in ("zero_debias", "skip_nonfinite") if getattr(self.options, o)]
+        if not self.options.lazy_rows:
+            return "lazy_rows=False"
+        if options:
+            return "lazy rows do not combine with %s=True" % " or ".join(options)
+        return None
+
+    def _caught_up(self, lazy, rows, upto):
+        """(old average rows, their value brought up to global step `upto`, old
+        `last` rows, new `last` rows) of `rows` (None: all rows) of `lazy`."""
+        if rows is None:
+            old, value, old_last = _read(lazy.average), _read(lazy.variable), _read(lazy.last)
+        else:
+            old = tf.gather(lazy.average, rows)
+            value = tf.gather(lazy.variable, rows)
+            old_last = tf.gather(lazy.last, rows)
+        upto = tf.cast(upto, tf.int64)
+        log_d = _rows.log_decay_product(old_last, upto, self.options.decay,
+                                        self.options.num_updates, self.options.every_n_steps)
+        d = tf.reshape(tf.cast(tf.exp(log_d), old.dtype), [-1] + [1] * (old.shape.ndims - 1))
+        return old, value + d * (old - value), old_last, tf.fill(tf.shape(old_last), upto)
+
+    def _catch_up(self, lazy, rows, upto, gate=None):
+        old, new, old_last, new_last = self._caught_up(lazy, rows, upto)
+        if gate is not None:
+            new, new_last = tf.where_v2(gate, new, old), tf.where_v2(gate, new_last, old_last)
+        # `new_last` need not read `last` (its shape may be known): the writes
+        # wait for `new`, which read it.
+        with tf.control_dependencies([new]):
+            if rows is None:
+                return tf.group(tf.assign(lazy.average, new), tf.assign(lazy.last, new_last))
+            return tf.group(tf.scatter_update(lazy.average, rows, new),
+                            tf.scatter_update(lazy.last, rows, new_last))
+
+    def _update_rows(self, lazy, step, one_minus, gate):
+        """The update after global step `step` of the rows the step wrote, whose
+        averages the catch-up before the writes brought up to the step before:
+        `a <- a - (1 - d) * (a - w)` on those rows, and their `last` set to `step`."""
+        if gate is not None:
+            return self._catch_up(lazy, lazy.rows, step, gate)
+        rows = lazy.rows
+        delta = (tf.gather(lazy.average, rows) - tf.gather(lazy.variable, rows)) * one_minus
+        last = tf.fill(tf.shape(rows), tf.cast(step, tf.int64))
+        return tf.group(tf.scatter_sub(lazy.average, rows, delta),
+                        tf.scatter_update(lazy.last, rows, last))
+
+    def _average_value(self, i):
+        if i not in self._lazy:
+            return super(ExponentialMovingAverager, self)._average_value(i)
+        return self._caught_up(self._lazy[i], None, read_step(self.global_step))[1]
 
     def _apply(self, step, gate=None):
         decay = self.decay(step)
         one_minus_by_dtype = {}
         updates = []
         for i, (var, avg) in enumerate(zip(self.variables, self.averages)):
-            value = _read(var)
             dtype = avg.dtype.base_dtype
             if dtype not in one_minus_by_dtype:
                 one_minus = tf.cast(1.0 - decay, dtype)
                 one_minus_by_dtype[dtype] = (one_minus, -one_minus)
             one_minus, minus_one_minus = one_minus_by_dtype[dtype]
+            if i in self._lazy:
+                updates.append(self._update_rows(self._lazy[i], step, one_minus, gate))
+                continue
+            value = _read(var)
             if not self._debias:
                 if gate is None:
                     updates.append(_move_toward(avg, value, one_minus, minus_one_minus))

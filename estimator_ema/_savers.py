@@ -30,6 +30,7 @@ class _Averaged(object):
         self.keys = {checkpoint_key(v) for v in state}
         self.reset = tf.variables_initializer(state)
         self.start = averager.initialize_from_weights()
+        self.flush = averager.flush()
         self.restorer = None
 
 
@@ -95,6 +96,13 @@ class AdoptingSaver(tf.train.Saver):
         return tf.train.Saver(var_list, reshape=self._reshape, sharded=self._sharded,
                               restore_sequentially=self._restore_sequentially,
                               allow_empty=True, write_version=self._write_version)
+
+    def save(self, sess, *args, **kwargs):
+        """Brings every lazily averaged row up to date (see `_rows`), then saves."""
+        flushes = [a.flush for a in self._averaged if a.flush is not None]
+        if flushes:
+            sess.run(flushes)
+        return super(AdoptingSaver, self).save(sess, *args, **kwargs)
 
     def restore(self, sess, save_path):
         absent = self._absent(save_path)

@@ -77,14 +77,14 @@ def checkpoint_averages(keys, name=_averaging.EMA_NAME):
 
 
 def averages_and_helpers(keys, name=_averaging.EMA_NAME):
-    """The keys among `keys` that hold averages named `name` or their zero-debias
-    helpers: `<v>/<name>`, `<v>/<name>/biased`, `<v>/<name>/local_step` (a
-    partitioned variable's scalar `local_step` is one per part,
-    `<v>/part_<i>/<name>/local_step`)."""
+    """The keys among `keys` that hold averages named `name` or their helpers:
+    `<v>/<name>`, `<v>/<name>/biased`, `<v>/<name>/local_step` (a partitioned
+    variable's scalar `local_step` is one per part,
+    `<v>/part_<i>/<name>/local_step`), a lazy average's `<v>/<name>/last_step`."""
     averages = set(checkpoint_averages(keys, name).values())
     suffix = _averaging.shadow_name("", name)
     return averages | {key for key in keys
-                       if key.rpartition("/")[2] in _averaging.DEBIAS_HELPERS
+                       if key.rpartition("/")[2] in _averaging.HELPERS
                        and key.rpartition("/")[0].endswith(suffix)}
 
 

@@ -65,6 +65,9 @@ class _AveragingHook(tf.train.SessionRunHook):
         check_hook_strategy(type(self).__name__)
         graph = tf.get_default_graph()
         self._averager = self._make_averager(self._options, graph)
+        train_ops = _graphs.training_ops(self._averager.global_step, self._averager.variables)
+        if len(train_ops) == 1:
+            self._averager.average_rows_lazily(ancestors(train_ops[0]))
         _savers.install(graph, self._averager)
         if not graph.get_collection(tf.GraphKeys.SAVERS):
             logger.warning(
@@ -73,9 +76,7 @@ class _AveragingHook(tf.train.SessionRunHook):
                 "in TF 2 needs checkpoint_format='saver').", type(self).__name__)
         self._period = self._averager.period()
         self._watched = list(self._averager.variables) + [self._averager.global_step]
-        self._plans = {op: self._plan(graph, op)
-                       for op in _graphs.training_ops(
-                           self._averager.global_step, self._averager.variables)}
+        self._plans = {op: self._plan(graph, op) for op in train_ops}
         self._runs = {}
         self._start = self._averager.initialize_from_weights()
         self._averager.add_summaries()
@@ -238,6 +239,10 @@ class ExponentialMovingAverageHook(_AveragingHook):
       skip_nonfinite: bool, leave the averages unchanged after a step whose
         selected weights hold a NaN or an infinity (off by default: it reads
         every weight once more per step).
+      lazy_rows: bool; True (the default) averages a variable that the step
+        writes only through sparse row updates (an embedding table) row by
+        row, exactly: a row's average is brought up to date when the row is
+        written and before each checkpoint. False averages every row every step.
 
     Raises:
       TypeError, ValueError: for bad arguments, at construction.
@@ -252,11 +257,12 @@ class ExponentialMovingAverageHook(_AveragingHook):
 
     def __init__(self, decay=0.999, *, num_updates=True, zero_debias=False, variables=None,
                  include=None, exclude=None, every_n_steps=1,
-                 name=_averaging.EMA_NAME, skip_nonfinite=False):
+                 name=_averaging.EMA_NAME, skip_nonfinite=False, lazy_rows=True):
         super(ExponentialMovingAverageHook, self).__init__(_averaging.EmaOptions(
             decay=decay, num_updates=num_updates, zero_debias=zero_debias,
             variables=variables, include=include, exclude=exclude,
-            every_n_steps=every_n_steps, name=name, skip_nonfinite=skip_nonfinite))
+            every_n_steps=every_n_steps, name=name, skip_nonfinite=skip_nonfinite,
+            lazy_rows=lazy_rows))
 
 
 class StochasticWeightAveragingHook(_AveragingHook):

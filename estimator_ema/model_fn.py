@@ -25,7 +25,8 @@ def _check_evaluate_with(evaluate_with):
 
 def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
              variables=None, include=None, exclude=None, every_n_steps=1,
-             name=_averaging.EMA_NAME, skip_nonfinite=False, evaluate_with="averages"):
+             name=_averaging.EMA_NAME, skip_nonfinite=False, lazy_rows=True,
+             evaluate_with="averages"):
     """Decorates a model_fn so it keeps, and uses, exponential moving averages.
 
     TRAIN: the returned `train_op` runs the model_fn's train op, then every
@@ -85,7 +86,8 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
         `TPUEstimatorSpec`; or an Estimator (not a TPUEstimator); omit it to
         get a decorator (which takes either).
       decay, num_updates, zero_debias, variables, include, exclude,
-      every_n_steps, name, skip_nonfinite: as for `ExponentialMovingAverageHook`.
+      every_n_steps, name, skip_nonfinite, lazy_rows: as for
+        `ExponentialMovingAverageHook`.
       evaluate_with: "averages", "weights" or "both".
 
     Returns:
@@ -98,7 +100,7 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
     options = _averaging.EmaOptions(
         decay=decay, num_updates=num_updates, zero_debias=zero_debias, variables=variables,
         include=include, exclude=exclude, every_n_steps=every_n_steps, name=name,
-        skip_nonfinite=skip_nonfinite)
+        skip_nonfinite=skip_nonfinite, lazy_rows=lazy_rows)
     return _decorator(model_fn, options, _averaging.ExponentialMovingAverager,
                       _check_evaluate_with(evaluate_with), "with_ema(decay=0.99)")
 
@@ -236,8 +238,9 @@ def _with_scaffold(spec, change):
 
 def _train_spec(spec, averager):
     graph = tf.get_default_graph()
-    after = [spec.train_op] + update_ops_to_run(graph, ancestors(spec.train_op))
-    train_op = averager.update(after=after)
+    ran = ancestors(spec.train_op)
+    averager.average_rows_lazily(ran)
+    train_op = averager.update(after=[spec.train_op] + update_ops_to_run(graph, ran))
     if not _is_tpu_spec(spec):
         # Summary ops cannot run inside a TPU computation.
         averager.add_summaries()

@@ -1,6 +1,9 @@
 """Trains the conftest linear model with averaging, in its own process.
 
-usage: train_until_killed.py MODEL_DIR {hook,decorator} MAX_STEPS [KILL_AT_STEP]
+usage: train_until_killed.py MODEL_DIR {hook,decorator}[-embedding] MAX_STEPS [KILL_AT_STEP]
+
+With "-embedding", the embedding model of test_lazy_rows.py (lazy rows), trained
+with SGD.
 
 With KILL_AT_STEP the process sends itself SIGKILL right after that global step,
 as a machine failure would: no hook's end(), no final checkpoint.
@@ -39,14 +42,18 @@ def main(model_dir, mode, max_steps, kill_at=None):
     config = tf.estimator.RunConfig(tf_random_seed=0, save_checkpoints_steps=4,
                                     save_summary_steps=1000, log_step_count_steps=1000)
     hooks = [KillAt(kill_at)] if kill_at else []
-    if mode == "decorator":
-        model_fn = estimator_ema.with_ema(linear_model_fn, decay=DECAY)
+    mode, _, model = mode.partition("-")
+    if model == "embedding":
+        from test_lazy_rows import embedding_model_fn as model_fn, ids_input_fn as data_fn
+        params = {"optimizer": "sgd", "parts": 0}
     else:
-        model_fn = linear_model_fn
+        model_fn, data_fn, params = linear_model_fn, input_fn, {"optimizer": "v1"}
+    if mode == "decorator":
+        model_fn = estimator_ema.with_ema(model_fn, decay=DECAY)
+    else:
         hooks.insert(0, estimator_ema.ExponentialMovingAverageHook(DECAY))
-    estimator = tf.estimator.Estimator(model_fn, model_dir, config=config,
-                                       params={"optimizer": "v1"})
-    estimator.train(input_fn, max_steps=max_steps, hooks=hooks)
+    estimator = tf.estimator.Estimator(model_fn, model_dir, config=config, params=params)
+    estimator.train(data_fn, max_steps=max_steps, hooks=hooks)
 
 
 if __name__ == "__main__":

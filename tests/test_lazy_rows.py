@@ -1,0 +1,259 @@
+"""Lazy averages of embedding tables: exact in every checkpoint, every row."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import estimator_ema
+from conftest import EMA, IS_TF1, keras_sgd, run_config, tf1
+from test_ordering import CheckpointReader, Recorder, check_every_checkpoint, ema_of
+
+ROWS, DIM, IDS, BATCH = 12, 3, 2, 4
+STEPS = 9
+
+
+def ids_input_fn():
+    """Batch i looks up rows from a window that moves by one row a step, so
+    most rows go untouched for several steps, then are written again."""
+    rng = np.random.RandomState(0)
+    ids = np.stack([(i + rng.randint(0, 4, size=(BATCH, IDS))) % ROWS
+                    for i in range(40)]).reshape(-1, IDS).astype(np.int64)
+    labels = rng.randn(len(ids), 1).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices(({"ids": ids}, labels)).batch(BATCH)
+
+
+OPTIMIZERS = {
+    "sgd": lambda: tf1.train.GradientDescentOptimizer(0.5),
+    "adagrad": lambda: tf1.train.AdagradOptimizer(0.5),
+    "ftrl": lambda: tf1.train.FtrlOptimizer(0.5),
+    "momentum": lambda: tf1.train.MomentumOptimizer(0.5, 0.9),
+    "keras": lambda: keras_sgd(0.5),
+}
+
+
+def embedding_model_fn(features, labels, mode, params):
+    """A table of ROWS x DIM looked up by ids, mean-pooled, a dense head."""
+    keras = params["optimizer"] == "keras"
+    partitioner = (tf1.fixed_size_partitioner(params["parts"]) if params["parts"] else None)
+    table = tf1.get_variable("embedding/table", [ROWS, DIM], partitioner=partitioner,
+                             initializer=tf1.random_normal_initializer(seed=1),
+                             use_resource=True if keras else None)
+    head = tf1.get_variable("head/w", [DIM, 1], initializer=tf1.ones_initializer(),
+                            use_resource=True if keras else None)
+    pooled = tf.reduce_mean(tf.nn.embedding_lookup(table, features["ids"]), axis=1)
+    predictions = tf.matmul(pooled, head)
+    loss = tf.reduce_mean(tf.square(predictions - labels))
+    step = tf1.train.get_or_create_global_step()
+    variables = [head] + (list(table) if params["parts"] else [table])
+    optimizer = OPTIMIZERS[params["optimizer"]]()
+    if keras:
+        apply = optimizer.apply_gradients(zip(tf.gradients(loss, variables), variables))
+        with tf.control_dependencies([apply]):
+            train_op = tf1.assign_add(step, 1)
+    else:
+        train_op = optimizer.minimize(loss, step, var_list=variables)
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op,
+                                      predictions={"y": predictions})
+
+
+def train(model_dir, how, optimizer="sgd", parts=0, steps=STEPS, **options):
+    options.setdefault("decay", 0.8)
+    model_fn = embedding_model_fn
+    hooks = []
+    if how == "decorator":
+        model_fn = estimator_ema.with_ema(model_fn, **options)
+    else:
+        hooks.append(estimator_ema.ExponentialMovingAverageHook(**options))
+    est = tf.estimator.Estimator(model_fn, str(model_dir),
+                                 params={"optimizer": optimizer, "parts": parts},
+                                 config=run_config(save_checkpoints_steps=2))
+    recorder, reader = Recorder(), CheckpointReader(model_dir, EMA)
+    est.train(ids_input_fn, steps=steps, hooks=hooks + [recorder], saving_listeners=[reader])
+    return est, recorder, reader
+
+
+def whole(values):
+    """`{name: value}` with a partitioned variable's parts (`<v>/part_<i>`)
+    joined along the first axis, under `<v>`, as checkpoints hold them."""
+    out, parts = {}, {}
+    for name, value in values.items():
+        full, _, part = name.rpartition("/part_")
+        if full and part.isdigit():
+            parts.setdefault(full, {})[int(part)] = value
+        else:
+            out[name] = value
+    out.update({full: np.concatenate([p[i] for i in sorted(p)]) for full, p in parts.items()})
+    return out
+
+
+def check(recorder, reader, decay=0.8, every_n_steps=1, num_updates=True):
+    recorder.record = [(step, whole(values)) for step, values in recorder.record]
+    def oracle(record, start):
+        if num_updates:
+            return ema_of(record, decay, start, every_n_steps)
+        averages = {k: np.asarray(v, np.float64) for k, v in start.items()}
+        for step, values in record:
+            if step % every_n_steps == 0:
+                d = decay ** every_n_steps
+                averages = {k: a - (a - values[k]) * (1 - d) for k, a in averages.items()}
+        return averages
+    return check_every_checkpoint(recorder, reader, oracle)
+
+
+def last_step_keys(model_dir):
+    return [k for k, _ in tf.train.list_variables(str(model_dir)) if k.endswith("/last_step")]
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_lazy_rows_are_exact_in_every_checkpoint(tmp_path, how, optimizer, caplog):
+    caplog.set_level(logging.INFO, logger="estimator_ema")
+    _, recorder, reader = train(tmp_path, how, optimizer)
+    assert check(recorder, reader) == len(reader.saved)
+    assert last_step_keys(tmp_path) == ["embedding/table/%s/last_step" % EMA]
+    assert "['embedding/table'] written only in rows, averaged lazily" in caplog.text
+
+
+@pytest.mark.parametrize("num_updates", [True, False], ids=["warmup", "constant"])
+@pytest.mark.parametrize("every_n_steps", [1, 3])
+@pytest.mark.parametrize("parts", [0, 2], ids=["plain", "partitioned"])
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_options_and_partitions(tmp_path, how, parts, every_n_steps, num_updates):
+    _, recorder, reader = train(tmp_path, how, "adagrad", parts=parts,
+                                every_n_steps=every_n_steps, num_updates=num_updates)
+    assert check(recorder, reader, every_n_steps=every_n_steps,
+                 num_updates=num_updates) == len(reader.saved)
+    keys = last_step_keys(tmp_path)
+    assert keys == ["embedding/table/%s/last_step" % EMA]
+    # The partitioned table's average is saved whole, under the full name.
+    assert tf.train.load_variable(str(tmp_path), "embedding/table/" + EMA).shape == (ROWS, DIM)
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_a_resumed_run_continues_exactly(tmp_path, how):
+    est, recorder, reader = train(tmp_path, how, "sgd", steps=5)
+    resumed, more = Recorder(), CheckpointReader(tmp_path, EMA)
+    est.train(ids_input_fn, steps=4, hooks=[resumed] + (
+        [estimator_ema.ExponentialMovingAverageHook(0.8)] if how == "hook" else []),
+        saving_listeners=[more])
+    recorder.record += resumed.record[1:]
+    reader.saved += more.saved
+    assert check(recorder, reader) == len(reader.saved)
+
+
+def test_helpers_see_exact_values_and_no_bookkeeping(tmp_path):
+    est, recorder, reader = train(tmp_path, "hook", "adagrad")
+    averages = estimator_ema.read_averages(str(tmp_path))
+    assert sorted(averages) == ["embedding/table", "head/w"]
+    np.testing.assert_allclose(averages["embedding/table"],
+                               reader.saved[-1][1]["embedding/table"], rtol=1e-6)
+    out = estimator_ema.write_averaged_checkpoint(str(tmp_path), str(tmp_path / "avg/model.ckpt"))
+    keys = [k for k, _ in tf.train.list_variables(out)]
+    assert not [k for k in keys if "last_step" in k or EMA in k]
+    np.testing.assert_allclose(tf.train.load_variable(out, "embedding/table"),
+                               averages["embedding/table"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("options, reason", [
+    (dict(lazy_rows=False), "lazy_rows=False"),
+    (dict(zero_debias=True), "lazy rows do not combine with zero_debias=True"),
+    (dict(skip_nonfinite=True), "lazy rows do not combine with skip_nonfinite=True"),
+])
+def test_dense_when_asked_or_an_option_needs_it(tmp_path, caplog, options, reason):
+    caplog.set_level(logging.INFO, logger="estimator_ema")
+    train(tmp_path, "hook", "sgd", steps=2, **options)
+    assert not last_step_keys(tmp_path)
+    assert "['embedding/table'] written only in rows, averaged densely: %s" % reason in caplog.text
+
+
+def test_swa_averages_densely_and_says_so(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="estimator_ema")
+    est = tf.estimator.Estimator(embedding_model_fn, str(tmp_path),
+                                 params={"optimizer": "sgd", "parts": 0})
+    est.train(ids_input_fn, steps=2,
+              hooks=[estimator_ema.StochasticWeightAveragingHook(start_step=0)])
+    assert not last_step_keys(tmp_path)
+    assert "averaged densely: stochastic weight averages are dense" in caplog.text
+
+
+def test_a_dense_write_keeps_the_dense_update(tmp_path):
+    # v1 Adam writes every row of the table: no lazy rows.
+    OPTIMIZERS["adam"] = lambda: tf1.train.AdamOptimizer(0.1)
+    try:
+        _, recorder, reader = train(tmp_path, "hook", "adam", steps=3)
+    finally:
+        del OPTIMIZERS["adam"]
+    assert not last_step_keys(tmp_path)
+    assert check(recorder, reader) == len(reader.saved)
+
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts",
+                      "train_until_killed.py")
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_a_run_killed_after_a_checkpoint_resumes_exactly(tmp_path, how):
+    # Killed right after step 5: the last checkpoint is step 4, flushed.
+    result = subprocess.run([sys.executable, SCRIPT, str(tmp_path), how + "-embedding", "20",
+                             "5"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert tf.train.load_variable(str(tmp_path), "global_step") == 4
+    restored = {"embedding/table": tf.train.load_variable(str(tmp_path),
+                                                          "embedding/table/" + EMA)}
+    model_fn = embedding_model_fn
+    hooks = [Recorder()]
+    if how == "decorator":
+        model_fn = estimator_ema.with_ema(model_fn, decay=0.8)
+    else:
+        hooks.insert(0, estimator_ema.ExponentialMovingAverageHook(0.8))
+    est = tf.estimator.Estimator(model_fn, str(tmp_path),
+                                 params={"optimizer": "sgd", "parts": 0},
+                                 config=run_config(save_checkpoints_steps=2))
+    reader = CheckpointReader(tmp_path, EMA)
+    est.train(ids_input_fn, steps=6, hooks=hooks, saving_listeners=[reader])
+    record = hooks[-1].record[1:]
+    for step, averages in reader.saved:
+        expected = ema_of([r for r in record if r[0] <= step], 0.8, restored)
+        np.testing.assert_allclose(averages["embedding/table"], expected["embedding/table"],
+                                   rtol=1e-5, atol=1e-6, err_msg="checkpoint %d" % step)
+    assert [step for step, _ in reader.saved] == [4, 6, 8, 10]
+
+
+def canned_input_fn():
+    rng = np.random.RandomState(0)
+    ids = rng.randint(0, 50, size=(64, 3)).astype(np.int64)
+    labels = rng.randint(0, 2, size=(64, 1)).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices(({"ids": ids}, labels)).batch(8).repeat()
+
+
+def canned(kind, model_dir):
+    ids = tf.feature_column.categorical_column_with_identity("ids", 50)
+    embedding = tf.feature_column.embedding_column(ids, 4)
+    config = run_config(save_checkpoints_steps=2)
+    v2 = {"optimizer": "Adagrad"} if not IS_TF1 else {}
+    return {
+        "v2_linear": lambda: tf.estimator.LinearClassifier([ids], model_dir=model_dir,
+                                                           config=config, **v2),
+        "v1_linear": lambda: tf1.estimator.LinearClassifier([ids], model_dir=model_dir,
+                                                            config=config),
+        "v2_dnn": lambda: tf.estimator.DNNClassifier([4], [embedding], model_dir=model_dir,
+                                                     config=config, **v2),
+        "v1_dnn": lambda: tf1.estimator.DNNClassifier([4], [embedding], model_dir=model_dir,
+                                                      config=config),
+    }[kind]()
+
+
+@pytest.mark.parametrize("kind", ["v2_linear", "v1_linear", "v2_dnn", "v1_dnn"])
+def test_canned_estimators_tables_are_lazy_and_exact(tmp_path, kind):
+    recorder, reader = Recorder(), CheckpointReader(tmp_path, EMA)
+    canned(kind, str(tmp_path)).train(
+        canned_input_fn, steps=7, saving_listeners=[reader],
+        hooks=[estimator_ema.ExponentialMovingAverageHook(0.8), recorder])
+    assert check(recorder, reader) == len(reader.saved) == 5
+    assert len(last_step_keys(tmp_path)) == 1
