@@ -71,3 +71,13 @@ def test_throughput_runs_a_baseline_copy_of_the_package_side_by_side(tmp_path):
     report = json.loads(out.read_text())
     assert report["baseline"] == source
     assert set(report["configs"]["small"]["variants"]) == {"none", "hook", "hook@baseline"}
+
+
+def test_embedding_quick_mode_reports_every_variant(tmp_path):
+    out = tmp_path / "embedding.json"
+    _run("embedding.py", tmp_path, "--quick", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert set(report["variants"]) == {"none", "stock", "hook_dense", "hook",
+                                       "with_ema_dense", "with_ema"}
+    for variant in report["variants"].values():
+        assert variant["steps_per_s"] > 0 and variant["ratio"] > 0

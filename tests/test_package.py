@@ -85,9 +85,11 @@ def test_every_function_taking_an_estimator_takes_v1_v2_and_canned_ones(tmp_path
 
 
 def _python(code, **env):
+    """Runs `code` in a fresh interpreter, from outside the source tree (so it
+    imports the installed package, as `python -c` from the repository root would not)."""
     full_env = dict(os.environ, **env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=full_env, timeout=300)
+                          env=full_env, timeout=300, cwd=os.path.dirname(REPO))
 
 
 @pytest.mark.parametrize("version", ["2.16.1", "2.11.0", "1.14.0", "3.0.0"])
