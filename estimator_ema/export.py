@@ -3,7 +3,7 @@
 A SavedModel from here holds the averages under the plain variable names and
 no average variables. `Estimator.export_saved_model` both restores and saves
 with the scaffold's saver; the averaged Estimator's saver
-(`_CheckpointAveragesSaver`) restores each variable from its average and saves
+(`CheckpointAveragesSaver`) restores each variable from its average and saves
 under the plain names, so one export writes the averages where serving code
 expects the weights.
 """
@@ -22,7 +22,7 @@ def _saved_as(var):
     return var.op.name, "", var.shape.as_list()
 
 
-class _CheckpointAveragesSaver(tf.train.Saver):
+class CheckpointAveragesSaver(tf.train.Saver):
     """A Saver that restores each variable from its average in the checkpoint it restores.
 
     Which variables have an average is read from the checkpoint given to
@@ -38,7 +38,7 @@ class _CheckpointAveragesSaver(tf.train.Saver):
 
     def __init__(self, variables, name):
         variables = sorted(variables, key=lambda v: v.op.name)
-        super(_CheckpointAveragesSaver, self).__init__(variables, sharded=True)
+        super(CheckpointAveragesSaver, self).__init__(variables, sharded=True)
         self._average_name = name
         self._variables = variables
         saved_as = [_saved_as(v) for v in variables]
@@ -93,7 +93,7 @@ class _AveragedEstimator(tf_estimator.Estimator):
                 raise ValueError("averaged_estimator() is for evaluate, predict and export; "
                                  "train the original estimator.")
             spec = model_fn(features, labels, mode, config)
-            saver = _CheckpointAveragesSaver(
+            saver = CheckpointAveragesSaver(
                 tf.get_default_graph().get_collection(tf.GraphKeys.GLOBAL_VARIABLES), name)
             return spec._replace(scaffold=replace_scaffold(spec.scaffold, saver=saver,
                                                            init_fn=self._no_checkpoint))

@@ -3,6 +3,7 @@ averages."""
 
 import functools
 import inspect
+import sys
 
 from estimator_ema import _averaging
 from estimator_ema._compat import ESTIMATOR_CLASSES, tf, tf_estimator
@@ -11,6 +12,7 @@ from estimator_ema._graphs import ancestors, update_ops_to_run
 from estimator_ema._savers import adopting_train_spec
 from estimator_ema._scaffolds import AveragesSaver, replace_scaffold
 from estimator_ema.checkpoints import checkpoint_key, saver_var_list
+from estimator_ema.export import CheckpointAveragesSaver
 
 EVALUATE_WITH = ("averages", "weights", "both")
 RAW_SCOPE = "raw_weights"
@@ -206,6 +208,8 @@ def _averaged_model_fn(fn, options, make_averager, evaluate_with):
             raise TypeError("The decorated model_fn must return a tf.estimator.EstimatorSpec "
                             "or a TPUEstimatorSpec (got %r)." % (spec,))
         if spec.mode == tf_estimator.ModeKeys.TRAIN:
+            if _exporting():
+                return _exported_train_spec(spec, options)
             check_decorator_strategy()
             return _train_spec(spec, make_averager(options))
         if evaluate_with == "weights":
@@ -221,6 +225,33 @@ def _averaged_model_fn(fn, options, make_averager, evaluate_with):
     # Estimator passes `params` / `config` by the model_fn's own argument names.
     averaged_model_fn.__signature__ = inspect.signature(fn)
     return averaged_model_fn
+
+
+def _exporting():
+    """Whether Estimator builds this graph to export it, not to train: a TRAIN
+    graph of `experimental_export_all_saved_models` or of `export_saved_model(...,
+    experimental_mode=TRAIN)`, which Estimator builds in `_add_meta_graph_for_mode`
+    (TF 1.15 and 2.12 to 2.15) and saves with the variables its scaffold's saver
+    restored."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_add_meta_graph_for_mode":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _exported_train_spec(spec, options):
+    """The model_fn's own TRAIN spec, for an export: its variables restored from
+    their averages, so every meta graph of the SavedModel holds the averages
+    under the plain names (the variables are saved once, from the first mode
+    exported, TRAIN)."""
+    def averages_scaffold(scaffold):
+        variables = tf.get_default_graph().get_collection(tf.GraphKeys.GLOBAL_VARIABLES)
+        return replace_scaffold(scaffold,
+                                saver=CheckpointAveragesSaver(variables, options.name))
+
+    return _with_scaffold(spec, averages_scaffold)
 
 
 def _with_scaffold(spec, change):

@@ -121,17 +121,19 @@ def test_train_mode_export_holds_the_averages(hook_trained, model_dir, tmp_path,
     _assert_train_graph_holds_the_averages(export_dir, model_dir)
 
 
-@pytest.mark.parametrize("how", ["hook", "with_ema"])
+@pytest.mark.parametrize("how", ["hook", "with_ema", "with_ema-plain-estimator"])
 def test_every_mode_exported_serves_the_averages(model_dir, tmp_path, how):
     """TRAIN and PREDICT in one SavedModel: the variables are saved from the TRAIN
-    graph (with with_ema, the averages' variables are there beside the weights),
-    and every meta graph loads the averages."""
+    graph, and every meta graph loads the averages, through averaged_estimator
+    or straight from the Estimator of a with_ema model_fn."""
     if how == "hook":
         est = trained_with_hook(model_dir)
     else:
         est = estimator(model_dir, model_fn=estimator_ema.with_ema(linear_model_fn, decay=0.8))
         est.train(input_fn, steps=10)
-    export_dir = estimator_ema.averaged_estimator(est).experimental_export_all_saved_models(
+    if how != "with_ema-plain-estimator":
+        est = estimator_ema.averaged_estimator(est)
+    export_dir = est.experimental_export_all_saved_models(
         str(tmp_path / "export"), TRAIN_AND_PREDICT)
     expected = _predictions(str(model_dir), "/" + EMA)
     assert not np.allclose(expected, _predictions(str(model_dir), ""), atol=1e-4)
