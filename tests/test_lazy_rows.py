@@ -123,9 +123,10 @@ def test_lazy_rows_are_exact_in_every_checkpoint(tmp_path, how, optimizer, caplo
 @pytest.mark.parametrize("num_updates", [True, False], ids=["warmup", "constant"])
 @pytest.mark.parametrize("every_n_steps", [1, 3])
 @pytest.mark.parametrize("parts", [0, 2], ids=["plain", "partitioned"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "ftrl", "keras"])
 @pytest.mark.parametrize("how", ["hook", "decorator"])
-def test_options_and_partitions(tmp_path, how, parts, every_n_steps, num_updates):
-    _, recorder, reader = train(tmp_path, how, "adagrad", parts=parts,
+def test_options_and_partitions(tmp_path, how, optimizer, parts, every_n_steps, num_updates):
+    _, recorder, reader = train(tmp_path, how, optimizer, parts=parts,
                                 every_n_steps=every_n_steps, num_updates=num_updates)
     assert check(recorder, reader, every_n_steps=every_n_steps,
                  num_updates=num_updates) == len(reader.saved)
