@@ -83,13 +83,10 @@ class Recorder(tf1.train.SessionRunHook):
 
 
 def average_key(model_dir, name):
-    """The checkpoint key of `name`'s average. v1 DNN and linear models partition
-    their variables (one `part_0` each); their averages are saved under the
-    partition's name (`<name>/part_0/<EMA>`) until partitioned averages are saved
-    under the full name, sliced like the variable (`<name>/<EMA>`)."""
-    keys = {key for key, _ in tf.train.list_variables(str(model_dir))}
-    full = name + "/" + EMA
-    return full if full in keys else name + "/part_0/" + EMA
+    """The checkpoint key of `name`'s average: under the full name, also for the
+    v1 DNN and linear models' partitioned variables (one `part_0` each), sliced
+    like the variable."""
+    return name + "/" + EMA
 
 
 def assert_averages_match_the_recorded_weights(model_dir, recorder):
@@ -126,11 +123,26 @@ def test_with_ema_of_a_canned_estimator(model_dir, tmp_path, kind, flavour):
 
 
 @pytest.mark.parametrize("kind, flavour", CASES)
-def test_the_hook_on_a_canned_estimator(model_dir, kind, flavour):
+def test_the_hook_on_a_canned_estimator(model_dir, tmp_path, kind, flavour):
     recorder = Recorder()
     hook = estimator_ema.ExponentialMovingAverageHook(DECAY)
-    canned(kind, flavour, model_dir).train(input_fn, steps=STEPS, hooks=[hook, recorder])
+    est = canned(kind, flavour, model_dir)
+    est.train(input_fn, steps=STEPS, hooks=[hook, recorder])
     assert_averages_match_the_recorded_weights(model_dir, recorder)
+
+    # averaged_estimator, the same canned Estimator on the rewritten checkpoint and
+    # the SavedModel all hold the averages, and predict otherwise than the raw weights.
+    averaged = logits(estimator_ema.averaged_estimator(est))
+    assert np.abs(averaged - logits(est)).max() > 1e-4
+    rewritten = estimator_ema.write_averaged_checkpoint(
+        str(model_dir), str(tmp_path / "rewritten" / "model.ckpt"))
+    np.testing.assert_allclose(logits(canned(kind, flavour, tmp_path / "rewritten")), averaged,
+                               atol=1e-5)
+    export_dir = estimator_ema.export_saved_model(est, str(tmp_path / "export"),
+                                                  serving_input_fn)
+    variables = export_dir.decode() + "/variables/variables"
+    for name in recorder.names:
+        np.testing.assert_array_equal(load(variables, name), load(rewritten, name))
 
 
 def keras_bn_estimator(model_dir, **kwargs):
