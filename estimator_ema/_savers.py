@@ -223,9 +223,9 @@ def adopting_train_spec(spec, averager):
         # A TPUEstimatorSpec: the model_fn runs in the TPU computation, so the
         # hook builds the ops that start the state, on the host.
         hook = _InstallHook(averager, state)
-        return spec._replace(training_hooks=list(spec.training_hooks) + [hook])
+        return spec._replace(training_hooks=tuple(spec.training_hooks) + (hook,))
     # The ops that start the state are built here, in the model_fn's context (a
     # distribution strategy's replica context).
     hook = _InstallHook(averager, state, _Averaged(averager, state))
-    return spec._replace(training_chief_hooks=[hook] + list(spec.training_chief_hooks),
-                         training_hooks=list(spec.training_hooks) + [hook])
+    return spec._replace(training_chief_hooks=(hook,) + tuple(spec.training_chief_hooks),
+                         training_hooks=tuple(spec.training_hooks) + (hook,))
