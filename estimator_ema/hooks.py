@@ -120,7 +120,7 @@ class _AveragingHook(tf.train.SessionRunHook):
 
     def before_run(self, run_context):
         fetches = run_context.original_args.fetches
-        key = tuple(map(id, tf.nest.flatten(fetches)))
+        key = _fetches_key(fetches)
         if key not in self._runs:
             self._runs[key] = self._choose(ancestors(fetches))
         self._mode, self._update, self._counting = self._runs[key]
@@ -194,6 +194,17 @@ class _AveragingHook(tf.train.SessionRunHook):
             self._runs = {key: (mode, update, False)
                           for key, (mode, update, _) in self._runs.items()}
         self._next_step = step + 1
+
+
+def _fetches_key(fetches):
+    """A key of the ops and tensors `fetches` names, cheap to make every run (for
+    one op, or Estimator's flat `[train_op, loss]`, it skips `tf.nest`)."""
+    if isinstance(fetches, (tf.Operation, tf.Tensor)):
+        return (id(fetches),)
+    if isinstance(fetches, (list, tuple)) and not any(
+            isinstance(f, (list, tuple, dict)) for f in fetches):
+        return tuple(map(id, fetches))
+    return tuple(map(id, tf.nest.flatten(fetches)))
 
 
 def _names(ops):
