@@ -13,7 +13,7 @@ same settings, so that
 
 import logging
 
-from estimator_ema import _averaging
+from estimator_ema import _variables
 from estimator_ema._compat import tf
 from estimator_ema.checkpoints import checkpoint_key, saver_var_list
 
@@ -159,7 +159,7 @@ def install(graph, averager):
       ValueError: the collection holds something other than a
         `tf.compat.v1.train.Saver`, or several Savers.
     """
-    _install(graph, _Averaged(averager, _averaging.state_variables(averager, graph)))
+    _install(graph, _Averaged(averager, _variables.state_variables(averager, graph)))
 
 
 def _install(graph, averaged):
@@ -215,7 +215,7 @@ def adopting_train_spec(spec, averager):
     where it runs after the hooks passed to `train()`.
     """
     graph = tf.get_default_graph()
-    state = _averaging.state_variables(averager, graph)
+    state = _variables.state_variables(averager, graph)
     variables = graph.get_collection_ref(tf.GraphKeys.GLOBAL_VARIABLES)
     hidden = {id(v) for v in state}
     variables[:] = [v for v in variables if id(v) not in hidden]

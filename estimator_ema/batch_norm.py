@@ -14,7 +14,7 @@ import uuid
 
 import numpy as np
 
-from estimator_ema import _averaging, _checks, checkpoints
+from estimator_ema import _checks, _options, checkpoints
 from estimator_ema._compat import tf, tf_estimator
 from estimator_ema._selection import is_batch_norm_statistic
 from estimator_ema.checkpoints import model_variables
@@ -28,7 +28,7 @@ _WRITES = _MOVING_AVERAGE_UPDATES + ("Assign", "AssignVariableOp", "AssignAdd",
 _SELECTS = ("Select", "SelectV2")
 
 
-def update_batch_norm(estimator, input_fn, *, steps, name=_averaging.SWA_NAME,
+def update_batch_norm(estimator, input_fn, *, steps, name=_options.SWA_NAME,
                       output_dir=None, checkpoint_path=None):
     """Recomputes batch-norm statistics for the averaged weights; writes a new checkpoint.
 
@@ -109,7 +109,7 @@ def update_batch_norm(estimator, input_fn, *, steps, name=_averaging.SWA_NAME,
         # The model's variables: not the averages, optimizer slots or SWA count
         # that a decorated model_fn creates.
         variables = [v for v in model_variables(graph)
-                     if v.op.name != _averaging.count_name(name)]
+                     if v.op.name != _options.count_name(name)]
         statistics = _statistic_values(variables)
         restorer = tf.train.Saver(checkpoints.averaged_variable_map(variables, source, name))
         writer = tf.train.Saver({v.op.name: v for v in variables})

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from estimator_ema import _averaging, _checks
+from estimator_ema import _checks, _options
 from estimator_ema._compat import tf
 
 _TRAINING_OP = re.compile(r"^(Resource)?(Sparse)?Apply[A-Z]")
@@ -69,22 +69,22 @@ def reports_unreadable_checkpoints(function):
 
 
 
-def checkpoint_averages(keys, name=_averaging.EMA_NAME):
+def checkpoint_averages(keys, name=_options.EMA_NAME):
     """`{variable name: checkpoint key of its average}` for the averages among `keys`."""
-    suffix = _averaging.shadow_name("", name)
+    suffix = _options.shadow_name("", name)
     return {key[:-len(suffix)]: key for key in keys
             if key.endswith(suffix) and len(key) > len(suffix)}
 
 
-def averages_and_helpers(keys, name=_averaging.EMA_NAME):
+def averages_and_helpers(keys, name=_options.EMA_NAME):
     """The keys among `keys` that hold averages named `name` or their helpers:
     `<v>/<name>`, `<v>/<name>/biased`, `<v>/<name>/local_step` (a partitioned
     variable's scalar `local_step` is one per part,
     `<v>/part_<i>/<name>/local_step`), a lazy average's `<v>/<name>/last_step`."""
     averages = set(checkpoint_averages(keys, name).values())
-    suffix = _averaging.shadow_name("", name)
+    suffix = _options.shadow_name("", name)
     return averages | {key for key in keys
-                       if key.rpartition("/")[2] in _averaging.HELPERS
+                       if key.rpartition("/")[2] in _options.HELPERS
                        and key.rpartition("/")[0].endswith(suffix)}
 
 
@@ -116,7 +116,7 @@ def saver_var_list(pairs):
     return var_list
 
 
-def average_keys(variables, checkpoint, name=_averaging.EMA_NAME):
+def average_keys(variables, checkpoint, name=_options.EMA_NAME):
     """`[(checkpoint key, variable)]` that loads each variable from its average.
 
     Variables without an average in `checkpoint` load from their own key. A
@@ -136,7 +136,7 @@ def average_keys(variables, checkpoint, name=_averaging.EMA_NAME):
     return [(averages.get(key, key), var) for key, var in zip(keys, variables)]
 
 
-def averaged_variable_map(variables, checkpoint, name=_averaging.EMA_NAME):
+def averaged_variable_map(variables, checkpoint, name=_options.EMA_NAME):
     """The Saver var_list (see `saver_var_list`) of `average_keys`."""
     return saver_var_list(average_keys(variables, checkpoint, name))
 
@@ -202,7 +202,7 @@ def directory_of(prefix):
 
 
 @reports_unreadable_checkpoints
-def describe(checkpoint_or_model_dir, *, name=_averaging.EMA_NAME):
+def describe(checkpoint_or_model_dir, *, name=_options.EMA_NAME):
     """What `estimator-ema inspect` prints: the checkpoint and one row per variable.
 
     Returns:

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-# _averaging.EMA_NAME, spelled out so that --help does not import TensorFlow.
+# _options.EMA_NAME, spelled out so that --help does not import TensorFlow.
 EMA_NAME = "ExponentialMovingAverage"
 
 

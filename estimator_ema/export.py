@@ -8,7 +8,7 @@ under the plain names, so one export writes the averages where serving code
 expects the weights.
 """
 
-from estimator_ema import _averaging, _checks, checkpoints
+from estimator_ema import _checks, _options, checkpoints
 from estimator_ema._compat import tf, tf_estimator
 from estimator_ema._scaffolds import replace_scaffold
 
@@ -116,7 +116,7 @@ class _AveragedEstimator(tf_estimator.Estimator):
             self._exporting = False
 
 
-def averaged_estimator(estimator, *, name=_averaging.EMA_NAME):
+def averaged_estimator(estimator, *, name=_options.EMA_NAME):
     """An Estimator over the same model_dir whose evaluate/predict/export use the averages.
 
     The returned Estimator builds the original model_fn and restores every
@@ -158,7 +158,7 @@ def averaged_estimator(estimator, *, name=_averaging.EMA_NAME):
 
 
 def export_saved_model(estimator, export_dir_base, serving_input_receiver_fn, *,
-                       checkpoint_path=None, name=_averaging.EMA_NAME, **kwargs):
+                       checkpoint_path=None, name=_options.EMA_NAME, **kwargs):
     """Exports a SavedModel that serves the averages under the plain variable names.
 
     Exports through `averaged_estimator(estimator, name=name)`: each variable
@@ -214,7 +214,7 @@ class _ExportsTheAverages(object):
     exports them, under the plain variable names.
     """
 
-    def __init__(self, name, serving_input_receiver_fn, *, average_name=_averaging.EMA_NAME,
+    def __init__(self, name, serving_input_receiver_fn, *, average_name=_options.EMA_NAME,
                  **kwargs):
         self._average_name = _checks.check_name(average_name, "average_name")
         super(_ExportsTheAverages, self).__init__(name, serving_input_receiver_fn, **kwargs)

@@ -2,7 +2,7 @@
 
 import logging
 
-from estimator_ema import _averaging, _graphs, _savers
+from estimator_ema import _averaging, _graphs, _options, _savers, _swa, _variables
 from estimator_ema._compat import tf
 from estimator_ema._distribution import check_hook_strategy
 from estimator_ema._graphs import adds_one, adds_one_to, ancestors
@@ -110,7 +110,7 @@ class _AveragingHook(tf.train.SessionRunHook):
         if self._period == 1:
             return update, None
         with tf.control_dependencies([update]):
-            return update, _averaging.read_step(self._averager.global_step)
+            return update, _variables.read_step(self._averager.global_step)
 
     def after_create_session(self, session, coord):
         # A new session may have restored another global step.
@@ -268,8 +268,8 @@ class ExponentialMovingAverageHook(_AveragingHook):
 
     def __init__(self, decay=0.999, *, num_updates=True, zero_debias=False, variables=None,
                  include=None, exclude=None, every_n_steps=1,
-                 name=_averaging.EMA_NAME, skip_nonfinite=False, lazy_rows=True):
-        super(ExponentialMovingAverageHook, self).__init__(_averaging.EmaOptions(
+                 name=_options.EMA_NAME, skip_nonfinite=False, lazy_rows=True):
+        super(ExponentialMovingAverageHook, self).__init__(_options.EmaOptions(
             decay=decay, num_updates=num_updates, zero_debias=zero_debias,
             variables=variables, include=include, exclude=exclude,
             every_n_steps=every_n_steps, name=name, skip_nonfinite=skip_nonfinite,
@@ -322,10 +322,10 @@ class StochasticWeightAveragingHook(_AveragingHook):
         branch that the train op does not run.
     """
 
-    _make_averager = _averaging.StochasticWeightAverager
+    _make_averager = _swa.StochasticWeightAverager
 
     def __init__(self, start_step, average_period=1, *, variables=None, include=None,
-                 exclude=None, name=_averaging.SWA_NAME):
-        super(StochasticWeightAveragingHook, self).__init__(_averaging.SwaOptions(
+                 exclude=None, name=_options.SWA_NAME):
+        super(StochasticWeightAveragingHook, self).__init__(_options.SwaOptions(
             start_step=start_step, average_period=average_period, variables=variables,
             include=include, exclude=exclude, name=name))

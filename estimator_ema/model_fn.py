@@ -5,7 +5,7 @@ import functools
 import inspect
 import sys
 
-from estimator_ema import _averaging
+from estimator_ema import _averaging, _options, _swa
 from estimator_ema._compat import ESTIMATOR_CLASSES, tf, tf_estimator
 from estimator_ema._distribution import check_decorator_strategy
 from estimator_ema._graphs import ancestors, update_ops_to_run
@@ -27,7 +27,7 @@ def _check_evaluate_with(evaluate_with):
 
 def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
              variables=None, include=None, exclude=None, every_n_steps=1,
-             name=_averaging.EMA_NAME, skip_nonfinite=False, lazy_rows=True,
+             name=_options.EMA_NAME, skip_nonfinite=False, lazy_rows=True,
              evaluate_with="averages"):
     """Decorates a model_fn so it keeps, and uses, exponential moving averages.
 
@@ -99,7 +99,7 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
     Raises:
       TypeError, ValueError: for bad arguments, at decoration.
     """
-    options = _averaging.EmaOptions(
+    options = _options.EmaOptions(
         decay=decay, num_updates=num_updates, zero_debias=zero_debias, variables=variables,
         include=include, exclude=exclude, every_n_steps=every_n_steps, name=name,
         skip_nonfinite=skip_nonfinite, lazy_rows=lazy_rows)
@@ -108,7 +108,7 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
 
 
 def with_swa(model_fn=None, *, start_step, average_period=1, variables=None, include=None,
-             exclude=None, name=_averaging.SWA_NAME, evaluate_with="averages"):
+             exclude=None, name=_options.SWA_NAME, evaluate_with="averages"):
     """Decorates a model_fn so it keeps, and uses, a stochastic weight average.
 
     TRAIN: the returned `train_op` runs the model_fn's train op, then every
@@ -148,10 +148,10 @@ def with_swa(model_fn=None, *, start_step, average_period=1, variables=None, inc
     Raises:
       TypeError, ValueError: for bad arguments, at decoration.
     """
-    options = _averaging.SwaOptions(
+    options = _options.SwaOptions(
         start_step=start_step, average_period=average_period, variables=variables,
         include=include, exclude=exclude, name=name)
-    return _decorator(model_fn, options, _averaging.StochasticWeightAverager,
+    return _decorator(model_fn, options, _swa.StochasticWeightAverager,
                       _check_evaluate_with(evaluate_with), "with_swa(start_step=1000)")
 
 
@@ -293,7 +293,7 @@ def _train_spec(spec, averager):
 def _averages_map(options, graph):
     """`[(checkpoint key, variable)]`: averaged variables from their averages."""
     averaged = set(options.selection.select(graph))
-    return [(_averaging.shadow_name(checkpoint_key(v), options.name) if v in averaged
+    return [(_options.shadow_name(checkpoint_key(v), options.name) if v in averaged
              else checkpoint_key(v), v)
             for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)]
 

@@ -1,13 +1,13 @@
 """Reading the averages in a checkpoint into numpy arrays."""
 
-from estimator_ema import _averaging, _checks
+from estimator_ema import _checks, _options
 from estimator_ema._compat import tf
 from estimator_ema.checkpoints import (reports_unreadable_checkpoints, require_averages,
                                        resolve_checkpoint)
 
 
 @reports_unreadable_checkpoints
-def read_averages(checkpoint_or_model_dir, *, name=_averaging.EMA_NAME):
+def read_averages(checkpoint_or_model_dir, *, name=_options.EMA_NAME):
     """Reads the averages in a checkpoint, keyed by the averaged variable's name.
 
     The average of variable `v` is the checkpoint's `<v>/<name>`; with

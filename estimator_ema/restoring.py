@@ -2,7 +2,7 @@
 
 import logging
 
-from estimator_ema import _averaging, _checks
+from estimator_ema import _checks, _options
 from estimator_ema._compat import tf
 from estimator_ema._selection import Selection
 from estimator_ema.checkpoints import (average_keys, checkpoint_key, model_variables,
@@ -12,7 +12,7 @@ logger = logging.getLogger("estimator_ema")
 
 
 def restore_averages(session, checkpoint_or_model_dir, variables=None, *,
-                     name=_averaging.EMA_NAME, strict=True):
+                     name=_options.EMA_NAME, strict=True):
     """Loads each variable of a live TF1 session from its average in a checkpoint.
 
     Each variable `v` gets the checkpoint's `<v>/<name>` (a part of a

@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 
-from estimator_ema import _averaging, _checks
+from estimator_ema import _checks, _options
 from estimator_ema._compat import tf
 from estimator_ema._tensor_bundle import stored_slices
 from estimator_ema.checkpoints import (averages_and_helpers, directory_of, normalized_path,
@@ -267,7 +267,7 @@ def _record_checkpoint(output_dir, output_prefix):
 
 @reports_unreadable_checkpoints
 def write_averaged_checkpoint(checkpoint_or_model_dir, output_prefix, *,
-                              name=_averaging.EMA_NAME, drop_optimizer_slots=False):
+                              name=_options.EMA_NAME, drop_optimizer_slots=False):
     """Writes a checkpoint whose plain variable names hold the averages.
 
     For each average `<v>/<name>` in the source, the new checkpoint holds its

@@ -2,7 +2,7 @@
 
 import re
 
-from estimator_ema import _averaging, _checks
+from estimator_ema import _checks, _options
 from estimator_ema._compat import IS_TF1, tf, tf_estimator
 from estimator_ema._selection import is_batch_norm_statistic
 from estimator_ema.checkpoints import (reports_unreadable_checkpoints, require_averages,
@@ -16,7 +16,7 @@ def _matches(patterns, var_name):
 
 @reports_unreadable_checkpoints
 def warm_start_from_averages(checkpoint_or_model_dir, vars_to_warm_start=".*", *,
-                             name=_averaging.EMA_NAME, include_averages=False):
+                             name=_options.EMA_NAME, include_averages=False):
     """`tf.estimator.WarmStartSettings` that start a new model from the averages.
 
     Each averaged variable `<v>` selected by `vars_to_warm_start` is
@@ -95,7 +95,7 @@ def warm_start_from_averages(checkpoint_or_model_dir, vars_to_warm_start=".*", *
     warm = vars_to_warm_start if single else list(vars_to_warm_start)
     if include_averages:
         warm += ["%s(/(%s))?(/part_\\d+)?:" % (re.escape(average),
-                                              "|".join(_averaging.DEBIAS_HELPERS))
+                                              "|".join(_options.DEBIAS_HELPERS))
                  for average in sorted(selected.values())]
     return tf_estimator.WarmStartSettings(
         ckpt_to_initialize_from=checkpoint, vars_to_warm_start=warm,

@@ -13,7 +13,7 @@ import time
 import tensorflow as tf
 
 from conftest import tf1
-from estimator_ema import _averaging
+from estimator_ema import _averaging, _options
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks")
 VARIANTS = {"none", "stock", "qa_hook", "hook", "hook_every10", "with_ema", "floor"}
@@ -51,7 +51,7 @@ def test_averaging_over_1000_variables_builds_in_linear_time_and_once():
         step = tf1.train.get_or_create_global_step()
         train_op = tf1.train.GradientDescentOptimizer(0.1).minimize(loss, global_step=step)
         start = time.perf_counter()
-        averager = _averaging.ExponentialMovingAverager(_averaging.EmaOptions(0.999), graph)
+        averager = _averaging.ExponentialMovingAverager(_options.EmaOptions(0.999), graph)
         averager.update(after=[train_op])
         seconds = time.perf_counter() - start
         count = len(tf1.global_variables())

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import COMMAND, EMA, load
-from estimator_ema import _averaging, cli
+from estimator_ema import _options, cli
 
 
 def _run(*argv):
@@ -19,7 +19,7 @@ def _run(*argv):
 
 
 def test_the_cli_default_name_is_the_packages():
-    assert cli.EMA_NAME == _averaging.EMA_NAME
+    assert cli.EMA_NAME == _options.EMA_NAME
 
 
 def test_inspect(hook_trained, model_dir):
