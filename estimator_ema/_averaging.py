@@ -77,11 +77,12 @@ class Averager(object):
         is a sparse row write that the global-step increment waits for; builds
         each one's `<average>/last_step` and orders a catch-up of the written
         rows before those writes. Logs the choice once. Call it before `update`."""
+        before_step = _rows.before_the_step(self.global_step, ran)
         found = {}
         for i, var in enumerate(self.variables):
             writes = _rows.row_writes(var, ran) if var.shape.ndims else None
-            if (writes and var.shape[0] is not None
-                    and _rows.written_before_the_step(writes[0], self.global_step, ran)):
+            if (writes and var.shape[0] is not None and before_step is not None
+                    and set(writes[0]) <= before_step):
                 found[i] = writes
         if not found:
             return
@@ -97,7 +98,7 @@ class Averager(object):
                 var, avg = self.variables[i], self.averages[i]
                 last = create_shadow(avg, _rows.LAST_STEP,
                                      tf.zeros([var.shape[0]], tf.int64))
-                lazy = _rows.LazyRows(var, avg, last, writes, indices)
+                lazy = _rows.LazyRows(var, avg, last, indices)
                 catch_up = self._catch_up(lazy, lazy.rows, step)
                 for op in writes:
                     op._add_control_input(catch_up)

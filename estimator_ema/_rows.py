@@ -51,18 +51,19 @@ def _indices_position(op):
     return names.index("indices") if "indices" in names else None
 
 
-def written_before_the_step(ops, global_step, ran):
-    """Whether every op of `ran` that writes the global step waits for `ops`."""
-    return all(set(ops) <= ancestors(op) for op in writers([global_step], ran))
+def before_the_step(global_step, ran):
+    """The ops that every op among `ran` writing the global step waits for (None
+    if none writes it: nothing is known to come before the step)."""
+    waits = [ancestors(op) for op in writers([global_step], ran)]
+    return set.intersection(*waits) if waits else None
 
 
 class LazyRows(object):
-    """One lazily averaged variable: its average, its per-row `last`, the ops that
-    write it in the training step and the rows they write (unique, int64)."""
+    """One lazily averaged variable: its average, its per-row `last` and the rows
+    the training step writes (unique, int64, from the writes' `indices`)."""
 
-    def __init__(self, variable, average, last, writes, indices):
+    def __init__(self, variable, average, last, indices):
         self.variable, self.average, self.last = variable, average, last
-        self.writes = writes
         flat = [i if i.dtype == tf.int64 and i.shape.ndims == 1
                 else tf.reshape(tf.cast(i, tf.int64), [-1]) for i in indices]
         self.rows = tf.unique(flat[0] if len(flat) == 1 else tf.concat(flat, 0))[0]

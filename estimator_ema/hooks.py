@@ -65,9 +65,10 @@ class _AveragingHook(tf.train.SessionRunHook):
         check_hook_strategy(type(self).__name__)
         graph = tf.get_default_graph()
         self._averager = self._make_averager(self._options, graph)
-        train_ops = _graphs.training_ops(self._averager.global_step, self._averager.variables)
+        train_ops = {op: ancestors(op) for op in _graphs.training_ops(
+            self._averager.global_step, self._averager.variables)}
         if len(train_ops) == 1:
-            self._averager.average_rows_lazily(ancestors(train_ops[0]))
+            self._averager.average_rows_lazily(*train_ops.values())
         _savers.install(graph, self._averager)
         if not graph.get_collection(tf.GraphKeys.SAVERS):
             logger.warning(
@@ -76,16 +77,16 @@ class _AveragingHook(tf.train.SessionRunHook):
                 "in TF 2 needs checkpoint_format='saver').", type(self).__name__)
         self._period = self._averager.period()
         self._watched = list(self._averager.variables) + [self._averager.global_step]
-        self._plans = {op: self._plan(graph, op) for op in train_ops}
+        self._plans = {op: self._plan(graph, op, ran) for op, ran in train_ops.items()}
         self._runs = {}
         self._start = self._averager.initialize_from_weights()
         self._averager.add_summaries()
         self._mode, self._counting, self._next_step = None, False, None
 
-    def _plan(self, graph, train_op):
-        """(mode, update, the ops the update comes after) for steps that run `train_op`;
-        mode "refused" and the ValueError when UPDATE_OPS cannot be ordered."""
-        ran = ancestors(train_op)
+    def _plan(self, graph, train_op, ran):
+        """(mode, update, the increment the update runs before, or None) for steps
+        that run `train_op` (whose ancestors are `ran`); mode "refused" and the
+        ValueError when UPDATE_OPS cannot be ordered."""
         try:
             extra = _graphs.update_ops_to_run(graph, ran)
         except ValueError as error:
