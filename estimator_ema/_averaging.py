@@ -10,9 +10,9 @@ import logging
 
 from estimator_ema import _rows
 from estimator_ema._compat import IS_TF1, tf
-from estimator_ema._graphs import AVERAGING_SCOPES
+from estimator_ema._graphs import AVERAGING_SCOPES, adds_one
 from estimator_ema._options import DEBIAS_HELPERS
-from estimator_ema._variables import create_shadow, read, read_step
+from estimator_ema._variables import create_shadow, read, read_fresh
 
 logger = logging.getLogger("estimator_ema")
 
@@ -39,7 +39,8 @@ class Averager(object):
         self.variables = options.selection.select(graph)
         self.averages = [create_shadow(v, options.name, v.initial_value)
                          for v in self.variables]
-        self._lazy = {}  # {index of a variable: _rows.LazyRows}
+        self._rows = None  # _rows.LazyRows, if some variable is averaged lazily
+        self._lazy = {}  # {index of a variable: its _rows._Lazy}
         listed = set(id(v) for v in graph.get_collection(tf.GraphKeys.MOVING_AVERAGE_VARIABLES))
         for var in self.variables:
             if id(var) not in listed:
@@ -53,15 +54,18 @@ class Averager(object):
         """
         with self._scope("update"):
             with tf.control_dependencies(list(after)):
-                step = read_step(self.global_step)
+                step = read_fresh(self.global_step)
                 if step_offset:
                     step += step_offset
                 due = self._due(step)
+                rows = None if self._rows is None else self._rows.update()
                 if due is None:
-                    return self._apply(step)
-                if not self._gate_in_graph():
-                    return tf.group(tf.cond(due, lambda: self._apply_then_true(step), _false))
-                return self._apply(step, gate=due)
+                    dense = self._apply(step)
+                elif not self._gate_in_graph():
+                    dense = tf.group(tf.cond(due, lambda: self._apply_then_true(step), _false))
+                else:
+                    dense = self._apply(step, gate=due)
+                return dense if rows is None else tf.group(dense, rows)
 
     @contextlib.contextmanager
     def _scope(self, what):
@@ -74,9 +78,9 @@ class Averager(object):
     def average_rows_lazily(self, ran):
         """Chooses, per variable, to average rows lazily (see `_rows`) where every
         op among `ran` (the ops a training step runs) that writes the variable
-        is a sparse row write that the global-step increment waits for; builds
-        each one's `<average>/last_step` and orders a catch-up of the written
-        rows before those writes. Logs the choice once. Call it before `update`."""
+        is a sparse row write that the global-step increment waits for, and
+        orders what lazy rows need before those writes. Logs the choice once.
+        Call it before `update`."""
         before_step = _rows.before_the_step(self.global_step, ran)
         found = {}
         for i, var in enumerate(self.variables):
@@ -86,26 +90,28 @@ class Averager(object):
                 found[i] = writes
         if not found:
             return
-        names = [self.variables[i].op.name for i in sorted(found)]
         refusal = self._lazy_refusal()
-        if refusal:
+        if not refusal and not adds_one(ran, self.global_step):
+            refusal = "the training step does not add exactly one to the global step"
+        dense = {}
+        for i in sorted(found):
+            reason = refusal or _rows.unsupported(self.variables[i], self.averages[i])
+            if reason:
+                dense.setdefault(reason, []).append(self.variables[i].op.name)
+                del found[i]
+        for reason, names in sorted(dense.items()):
             logger.info("%s: %s written only in rows, averaged densely: %s.",
-                        self.options.name, names, refusal)
+                        self.options.name, names, reason)
+        if not found:
             return
         with self._scope("rows"):
-            step = read_step(self.global_step)
-            for i, (writes, indices) in sorted(found.items()):
-                var, avg = self.variables[i], self.averages[i]
-                last = create_shadow(avg, _rows.LAST_STEP,
-                                     tf.zeros([var.shape[0]], tf.int64))
-                lazy = _rows.LazyRows(var, avg, last, indices)
-                catch_up = self._catch_up(lazy, lazy.rows, step)
-                for op in writes:
-                    op._add_control_input(catch_up)
-                self._lazy[i] = lazy
-        logger.info("%s: %s written only in rows, averaged lazily: each row's average is "
-                    "brought up to date when the row is written and before each "
-                    "checkpoint.", self.options.name, names)
+            self._rows = self._average_lazily([(self.variables[i], self.averages[i]) + found[i]
+                                               for i in sorted(found)])
+        self._lazy = {i: lazy for i, lazy in zip(sorted(found), self._rows.lazy)}
+        logger.info("%s: %s written only in rows, averaged lazily: each step updates the "
+                    "averages of the rows it writes; every row's is brought up to date "
+                    "before each checkpoint.", self.options.name,
+                    [self.variables[i].op.name for i in sorted(found)])
 
     def _lazy_refusal(self):
         """Why no variable can be averaged lazily, or None."""
@@ -114,18 +120,19 @@ class Averager(object):
     def flush(self):
         """An op that brings every row of every lazy average up to date, for a
         checkpoint to hold exact averages; None if no average is lazy."""
-        if not self._lazy:
+        if self._rows is None:
             return None
         with self._scope("flush"):
-            step = read_step(self.global_step)
-            return tf.group(*[self._catch_up(lazy, None, step)
-                              for lazy in self._lazy.values()])
+            return self._rows.flush()
 
-    def _catch_up(self, lazy, rows, upto, gate=None):
+    def _average_lazily(self, found):
+        """The `_rows.LazyRows` of `found`, `[(variable, average, writes, indices)]`."""
         raise NotImplementedError
 
     def _average_value(self, i):
         """The value of average `i` as a tensor (exact for lazy rows too)."""
+        if i in self._lazy:
+            return self._lazy[i].value()
         return read(self.averages[i])
 
     def _gate_in_graph(self):
@@ -143,8 +150,9 @@ class Averager(object):
 
     def period(self):
         """`k` such that only the update after a global step divisible by `k`
-        can change anything (1: any update can); the hook uses it to leave the
-        other steps' runs alone."""
+        can change anything (1: any update can, as with lazy rows, whose
+        update runs every step); the hook uses it to leave the other steps'
+        runs alone."""
         return 1
 
     def _apply_then_true(self, step):
@@ -162,7 +170,11 @@ class Averager(object):
         The decorator runs it when a session starts from scratch, after any
         warm start has loaded the weights.
         """
-        return tf.group(*[tf.assign(a, read(v)) for v, a in zip(self.variables, self.averages)])
+        assigned = [tf.assign(a, read(v)) for v, a in zip(self.variables, self.averages)]
+        if self._rows is not None:
+            with tf.control_dependencies(assigned):
+                assigned.append(self._rows.start())
+        return tf.group(*assigned)
 
     def distance(self):
         """Global L2 distance between the averages and the weights, and its ratio
@@ -230,11 +242,10 @@ class ExponentialMovingAverager(Averager):
         return tf.reduce_all(tf.stack(due)) if due else None
 
     def period(self):
-        return self.options.every_n_steps
+        return 1 if self._rows is not None else self.options.every_n_steps
 
     def _state(self):
-        return (list(self.averages) + [h for pair in self._debias for h in pair]
-                + [lazy.last for lazy in self._lazy.values()])
+        return list(self.averages) + [h for pair in self._debias for h in pair]
 
     def _lazy_refusal(self):
         options = [o for o in ("zero_debias", "skip_nonfinite") if getattr(self.options, o)]
@@ -244,63 +255,24 @@ class ExponentialMovingAverager(Averager):
             return "lazy rows do not combine with %s=True" % " or ".join(options)
         return None
 
-    def _caught_up(self, lazy, rows, upto):
-        """(old average rows, their value brought up to global step `upto`, old
-        `last` rows, new `last` rows) of `rows` (None: all rows) of `lazy`."""
-        if rows is None:
-            old, value, old_last = read(lazy.average), read(lazy.variable), read(lazy.last)
-        else:
-            old = tf.gather(lazy.average, rows)
-            value = tf.gather(lazy.variable, rows)
-            old_last = tf.gather(lazy.last, rows)
-        upto = tf.cast(upto, tf.int64)
-        log_d = _rows.log_decay_product(old_last, upto, self.options.decay,
-                                        self.options.num_updates, self.options.every_n_steps)
-        d = tf.reshape(tf.cast(tf.exp(log_d), old.dtype), [-1] + [1] * (old.shape.ndims - 1))
-        return old, value + d * (old - value), old_last, tf.fill(tf.shape(old_last), upto)
-
-    def _catch_up(self, lazy, rows, upto, gate=None):
-        old, new, old_last, new_last = self._caught_up(lazy, rows, upto)
-        if gate is not None:
-            new, new_last = tf.where_v2(gate, new, old), tf.where_v2(gate, new_last, old_last)
-        # `new_last` need not read `last` (its shape may be known): the writes
-        # wait for `new`, which read it.
-        with tf.control_dependencies([new]):
-            if rows is None:
-                return tf.group(tf.assign(lazy.average, new), tf.assign(lazy.last, new_last))
-            return tf.group(tf.scatter_update(lazy.average, rows, new),
-                            tf.scatter_update(lazy.last, rows, new_last))
-
-    def _update_rows(self, lazy, step, one_minus, gate):
-        """The update after global step `step` of the rows the step wrote, whose
-        averages the catch-up before the writes brought up to the step before:
-        `a <- a - (1 - d) * (a - w)` on those rows, and their `last` set to `step`."""
-        if gate is not None:
-            return self._catch_up(lazy, lazy.rows, step, gate)
-        rows = lazy.rows
-        delta = (tf.gather(lazy.average, rows) - tf.gather(lazy.variable, rows)) * one_minus
-        last = tf.fill(tf.shape(rows), tf.cast(step, tf.int64))
-        return tf.group(tf.scatter_sub(lazy.average, rows, delta),
-                        tf.scatter_update(lazy.last, rows, last))
-
-    def _average_value(self, i):
-        if i not in self._lazy:
-            return super(ExponentialMovingAverager, self)._average_value(i)
-        return self._caught_up(self._lazy[i], None, read_step(self.global_step))[1]
+    def _average_lazily(self, found):
+        # The writes come before the global step's increment (of one): the
+        # update after them belongs to the step read now, plus one.
+        step = read_fresh(self.global_step) + 1
+        return _rows.LazyRows(found, self.decay(step), self._due(step))
 
     def _apply(self, step, gate=None):
         decay = self.decay(step)
         one_minus_by_dtype = {}
         updates = []
         for i, (var, avg) in enumerate(zip(self.variables, self.averages)):
+            if i in self._lazy:
+                continue
             dtype = avg.dtype.base_dtype
             if dtype not in one_minus_by_dtype:
                 one_minus = tf.cast(1.0 - decay, dtype)
                 one_minus_by_dtype[dtype] = (one_minus, -one_minus)
             one_minus, minus_one_minus = one_minus_by_dtype[dtype]
-            if i in self._lazy:
-                updates.append(self._update_rows(self._lazy[i], step, one_minus, gate))
-                continue
             value = read(var)
             if not self._debias:
                 if gate is None:

@@ -6,7 +6,7 @@ names them, `<variable op name>/<name>`, so stock
 this package writes, and the other way round.
 """
 
-from estimator_ema import _checks, _rows
+from estimator_ema import _checks
 from estimator_ema._selection import Selection
 
 EMA_NAME = "ExponentialMovingAverage"
@@ -15,9 +15,12 @@ SWA_NAME = "StochasticWeightAverage"
 DEBIAS_HELPERS = ("biased", "local_step")
 """The zero-debias helpers of an average: `<average>/biased`, `<average>/local_step`."""
 
-HELPERS = DEBIAS_HELPERS + (_rows.LAST_STEP,)
+LAZY_SCALE = "lazy_scale"
+"""The scale of a lazy average (see `_rows`): `<average>/lazy_scale`."""
+
+HELPERS = DEBIAS_HELPERS + (LAZY_SCALE,)
 """Every helper variable an average may have, `<average>/<helper>`: the zero-debias
-helpers and a lazy average's per-row `last_step`."""
+helpers and a lazy average's scale."""
 
 
 def shadow_name(var_name, name):
@@ -59,9 +62,9 @@ class EmaOptions(_Options):
       skip_nonfinite: bool; if True a step whose selected weights hold a NaN or
         an infinity leaves every average (and the debias count) unchanged.
       lazy_rows: bool; if True (the default) a variable that the training step
-        writes only through sparse row updates (embedding tables) has its
-        average brought up to date row by row, exactly, when a row is written
-        and before each checkpoint (see `_rows`); False averages every row
+        writes only through sparse row updates (embedding tables) is averaged
+        exactly at the cost of the rows each step writes, every row brought up
+        to date before each checkpoint (see `_rows`); False averages every row
         every step. Lazy rows combine with `num_updates` and `every_n_steps`;
         with `zero_debias` or `skip_nonfinite` every variable is averaged
         densely (logged).

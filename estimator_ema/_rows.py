@@ -1,34 +1,49 @@
-"""Lazy averages of sparsely written variables (embedding tables), exact per row.
+"""Lazy exponential moving averages of sparsely written variables (embedding
+tables): exact per row, at a cost per step that follows the rows written.
 
 A training step that updates an embedding table through `IndexedSlices`
-gradients writes only the rows its batch looked up; every other row keeps its
-value. The average of a constant `w` over the steps after `s` up to `t` has a
-closed form,
+gradients writes only the rows its batch looked up. Between two writes of a
+row its weight `w` is constant, and each update moves the row's average `a`
+toward it, `a - w <- d * (a - w)` (`d` the decay in effect; 1 on a step whose
+update is not due). So with a scale `S` that every update divides by `d`,
 
-    a <- D * a + (1 - D) * w,    D = the product of the decays in effect then,
+    e = S * (a - w)
 
-so each row's average only needs bringing up to date when its row changes:
-before the step's write (from the old value, up to the step before), and after
-it (from the new value, for the step itself). A per-row int64 `last` records
-the global step up to which the row's average is exact; it is saved beside the
-average as `<average>/last_step`. Before a checkpoint is saved every row is
-brought up to date, so checkpoints hold the exact average of every row under
-the stock name and stock code reads them as it reads any average.
+does not change for a row that no step writes, and a step that writes rows
+changes theirs by `S * (w_old - w_new)` (`S` before that step's division).
+The average variable holds `e` while training and `a = w + e / S` is read
+back whenever needed. Per step that is, for the rows written only: a gather
+of the old rows before the write, one of the new rows after it, and a
+scatter into the average (whose rows are fetched while the optimizer
+writes); plus one division of `S`. Nothing is kept per row.
+
+`S` lives in a float64 scalar per lazy variable (or part), `<average>/lazy_scale`.
+0 means the average variable holds plain averages: as initialized, restored,
+or after `LazyRows.flush`, which runs before every checkpoint so that
+checkpoints hold the exact average of every row under the stock name. The
+first step after that converts (`e = a - w`, `S = 1`), and so does a step that
+finds `S` past `RESCALE_ABOVE` (`e = e / S`, `S = 1`) before `e` could
+overflow: both in one dense pass over the variable, rare.
 """
 
-import math
-
-from estimator_ema._compat import tf
+from estimator_ema._compat import IS_TF1, tf
 from estimator_ema._graphs import ancestors, writers
+from estimator_ema._options import LAZY_SCALE
+from estimator_ema._variables import create_shadow, gather, read
 
-LAST_STEP = "last_step"
-"""The per-row bookkeeping of a lazy average: `<average>/last_step`."""
+RESCALE_ABOVE = 2.0 ** 64
+"""A step that finds a scale above this rescales first: `e` then stays under
+`2 ** 64 / (1 - decay)` times the largest change of a row, far from float32's
+overflow, whatever the run's length."""
+
+LAZY_DTYPES = (tf.float32, tf.float64)
 
 
 def row_writes(variable, ran):
-    """The indices tensors of the ops among `ran` that write `variable`, if each
-    of them is a sparse row write (a sparse optimizer apply or a scatter on the
-    variable itself, outside control flow); None otherwise, or if none writes it."""
+    """The ops among `ran` that write `variable` and their indices tensors, if
+    each of them is a sparse row write (a sparse optimizer apply or a scatter
+    on the variable itself, outside control flow); None otherwise, or if none
+    writes it."""
     ops = writers([variable], ran)
     if not ops:
         return None
@@ -58,45 +73,131 @@ def before_the_step(global_step, ran):
     return set.intersection(*waits) if waits else None
 
 
+def unsupported(variable, average):
+    """Why `variable` cannot be averaged lazily whatever its writes, or None."""
+    if variable.dtype.base_dtype not in LAZY_DTYPES:
+        return "lazy rows need float32 or float64"
+    if not IS_TF1 and not hasattr(average, "handle"):
+        return "reference variables on TF 2 (its tf.cond cannot assign them)"
+    return None
+
+
+class _Lazy(object):
+    """One lazily averaged variable: its average, its scale, and the rows the
+    step writes with their values before the writes.
+
+    The rows are the writes' indices, traced back through `Unique`, `Reshape`
+    and `Identity` to a tensor the step computes early (a sparse gradient's
+    indices, duplicates and all: every entry of a row computes the same
+    value), so that what comes before the writes runs beside the forward and
+    backward pass."""
+
+    def __init__(self, variable, average, writes, indices):
+        self.variable, self.average, self.writes = variable, average, writes
+        self.scale = create_shadow(average, LAZY_SCALE, tf.constant(0.0, tf.float64),
+                                   use_resource=True)
+        flat = [_early(i) for i in indices]
+        flat = [i if i.shape.ndims == 1 else tf.reshape(i, [-1]) for i in flat]
+        if len({i.dtype for i in flat}) > 1:
+            flat = [tf.cast(i, tf.int64) for i in flat]
+        self.rows = flat[0] if len(flat) == 1 else tf.concat(flat, 0)
+        self.old = gather(variable, self.rows)
+
+    def value(self):
+        """The average as a tensor: `a`, or `w + e / S` while scaled."""
+        scale = read(self.scale)
+        average = read(self.average)
+        return tf.where_v2(tf.equal(scale, 0.0), average,
+                           read(self.variable) + average / tf.cast(scale, average.dtype))
+
+
+def _early(indices):
+    """`indices`, or the tensor it was computed from holding the same values."""
+    while True:
+        op = indices.op
+        if ((op.type == "Unique" and indices is op.outputs[0])
+                or op.type in ("Reshape", "Identity")):
+            indices = op.inputs[0]
+        else:
+            return indices
+
+
 class LazyRows(object):
-    """One lazily averaged variable: its average, its per-row `last` and the rows
-    the training step writes (unique, int64, from the writes' `indices`)."""
+    """The lazily averaged variables of one exponential moving average.
 
-    def __init__(self, variable, average, last, indices):
-        self.variable, self.average, self.last = variable, average, last
-        flat = [i if i.dtype == tf.int64 and i.shape.ndims == 1
-                else tf.reshape(tf.cast(i, tf.int64), [-1]) for i in indices]
-        self.rows = tf.unique(flat[0] if len(flat) == 1 else tf.concat(flat, 0))[0]
-
-
-def log_decay_product(after, upto, decay, num_updates, every_n_steps):
-    """log of the product of the decays in effect over the steps `s`,
-    `after < s <= upto`, whose update is due (float64, `after` broadcast).
-
-    The decay of step `s` is `decay`, or `min(decay, (1 + s) / (10 + s))` with
-    `num_updates`; with `every_n_steps=k` only multiples of `k` update, with the
-    decay to the power `k`. The warm-up's product telescopes, through
-    `sum_{j=lo..hi} log(j + c) = lgamma(hi + 1 + c) - lgamma(lo + c)` over the
-    due steps `s = j * k`.
+    Build it while the training step's writes are still unordered, with the
+    decay in effect after the step (and, with `every_n_steps`, whether its
+    update is due) read from the global step before them. Before the writes,
+    beside the forward and backward pass, each step rescales if needed
+    (`guard`), reads the rows it will write, their averages and the scale,
+    and divides the scale; `update()` builds what runs after the writes: a
+    read of the rows written and a scatter into the averages.
     """
-    k = every_n_steps
-    lo = after // k + 1  # the due steps are j * k for lo <= j <= hi
-    hi = upto // k
-    if decay == 0.0:
-        return tf.where_v2(hi >= lo, tf.constant(-math.inf, tf.float64),
-                           tf.constant(0.0, tf.float64))
-    log_constant = k * math.log(decay)
-    if not num_updates or decay <= 0.1:
-        return tf.cast(tf.maximum(hi - lo + 1, 0), tf.float64) * log_constant
-    # Warm-up steps: (1 + s) / (10 + s) < decay, i.e. s < (10 d - 1) / (1 - d).
-    last_warm = int(math.ceil((10.0 * decay - 1.0) / (1.0 - decay) / k)) - 1
-    warm_hi = tf.minimum(hi, last_warm)
-    lo_f, warm_hi_f = tf.cast(lo, tf.float64), tf.cast(warm_hi, tf.float64)
 
-    def sum_log(c):  # sum over lo <= j <= warm_hi of log(j + c)
-        return tf.math.lgamma(warm_hi_f + 1.0 + c) - tf.math.lgamma(lo_f + c)
+    def __init__(self, found, decay, due=None):
+        """`found`: `[(variable, average, writes, indices)]`."""
+        self.lazy = [_Lazy(*args) for args in found]
+        self.guard = tf.cond(self._scaled(), _true, self._rescale)
+        decay = tf.cast(decay, tf.float64)
+        before = [self.guard.op]
+        for lazy in self.lazy:
+            with tf.control_dependencies([self.guard]):
+                scale = read(lazy.scale)
+                lazy.scale_then = tf.cast(scale, lazy.average.dtype.base_dtype)
+                # e + S * w_old: the scatter after the writes subtracts S * w_new.
+                lazy.kept = gather(lazy.average, lazy.rows) + lazy.old * lazy.scale_then
+            divided = tf.assign(lazy.scale, scale / decay if due is None
+                                else tf.where_v2(due, scale / decay, scale))
+            before += [lazy.old.op, divided.op]
+        for lazy in self.lazy:
+            for op in lazy.writes:
+                for wait in before:
+                    op._add_control_input(wait)
 
-    warm = tf.where_v2(warm_hi >= lo, k * (sum_log(1.0 / k) - sum_log(10.0 / k)),
-                       tf.constant(0.0, tf.float64))
-    constant = tf.maximum(hi - tf.maximum(lo, last_warm + 1) + 1, 0)
-    return warm + tf.cast(constant, tf.float64) * log_constant
+    def _scaled(self):
+        """Whether every average is scaled, with its scale in range."""
+        scales = [read(lazy.scale) for lazy in self.lazy]
+        scales = scales[0] if len(scales) == 1 else tf.stack(scales)
+        return tf.reduce_all(tf.logical_and(scales >= 1.0, scales <= RESCALE_ABOVE))
+
+    def _rescale(self):
+        """`e <- a - w` where plain, `e <- e / S` where scaled; then `S <- 1`."""
+        written = []
+        for lazy in self.lazy:
+            scale = read(lazy.scale)
+            average = read(lazy.average)
+            written.append(tf.assign(lazy.average, tf.where_v2(
+                tf.equal(scale, 0.0), average - read(lazy.variable),
+                average / tf.cast(scale, average.dtype))))
+        with tf.control_dependencies(written):
+            ones = [tf.assign(lazy.scale, tf.constant(1.0, tf.float64)) for lazy in self.lazy]
+        with tf.control_dependencies(ones):
+            return tf.constant(True)
+
+    def update(self):
+        """The op that folds the step's row writes into the averages: built where
+        it runs after the writes."""
+        scatters = []
+        for lazy in self.lazy:
+            with tf.control_dependencies(lazy.writes):
+                new = gather(lazy.variable, lazy.rows)
+            scatters.append(tf.scatter_update(lazy.average, lazy.rows,
+                                              lazy.kept - new * lazy.scale_then))
+        return tf.group(*scatters)
+
+    def flush(self):
+        """An op that leaves plain averages in every average variable (`S = 0`)."""
+        written = [tf.assign(lazy.average, lazy.value()) for lazy in self.lazy]
+        with tf.control_dependencies(written):
+            return tf.group(*[tf.assign(lazy.scale, tf.constant(0.0, tf.float64))
+                              for lazy in self.lazy])
+
+    def start(self):
+        """An op that marks every average plain (`S = 0`), for averages just set
+        from their weights."""
+        return tf.group(*[tf.assign(lazy.scale, tf.constant(0.0, tf.float64))
+                          for lazy in self.lazy])
+
+
+def _true():
+    return tf.constant(True)

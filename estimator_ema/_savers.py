@@ -8,12 +8,14 @@ same settings, so that
 
 - a model_fn that put its own Saver in `SAVERS` still saves the averages, and
 - training that adds averaging to a model_dir whose checkpoints have none
-  resumes from them, with the averages starting from the restored weights.
+  resumes from them, with the averages starting from the restored weights;
+- a checkpoint written without lazy rows (a lazy average's `lazy_scale`)
+  restores as one with them: its averages are plain, as a scale of 0 says.
 """
 
 import logging
 
-from estimator_ema import _variables
+from estimator_ema import _options, _variables
 from estimator_ema._compat import tf
 from estimator_ema.checkpoints import checkpoint_key, saver_var_list
 
@@ -21,17 +23,22 @@ logger = logging.getLogger("estimator_ema")
 
 
 class _Averaged(object):
-    """One averager's state: its variables, their checkpoint keys, the ops that
-    start it as a new run does, and (once built) the Saver of the state alone."""
+    """One averager's state: its variables, their checkpoint keys (lazy scales'
+    apart: a checkpoint may lack them), the ops that start it as a new run
+    does, and (once built) the Savers of the state alone, with and without
+    the scales."""
 
     def __init__(self, averager, state):
         self.name = averager.options.name
         self.state = state
-        self.keys = {checkpoint_key(v) for v in state}
+        self.scales = [v for v in state if v.op.name.endswith("/" + _options.LAZY_SCALE)]
+        self.scale_keys = {checkpoint_key(v) for v in self.scales}
+        self.keys = {checkpoint_key(v) for v in state} - self.scale_keys
         self.reset = tf.variables_initializer(state)
+        self.reset_scales = tf.variables_initializer(self.scales)
         self.start = averager.initialize_from_weights()
         self.flush = averager.flush()
-        self.restorer = None
+        self.restorer = self.unscaled_restorer = None
 
 
 class AdoptingSaver(tf.train.Saver):
@@ -85,6 +92,9 @@ class AdoptingSaver(tf.train.Saver):
         self._model_restorer = self._restorer(_without(self._saveables(), state))
         for averaged in self._averaged:
             averaged.restorer = self._restorer(averaged.state)
+            if averaged.scales:
+                averaged.unscaled_restorer = self._restorer(
+                    _without(averaged.state, {id(v) for v in averaged.scales}))
 
     def _saveables(self):
         if self._var_list is not None:
@@ -98,15 +108,18 @@ class AdoptingSaver(tf.train.Saver):
                               allow_empty=True, write_version=self._write_version)
 
     def save(self, sess, *args, **kwargs):
-        """Brings every lazily averaged row up to date (see `_rows`), then saves."""
+        """Leaves plain averages in every lazy average (see `_rows`), then saves."""
         flushes = [a.flush for a in self._averaged if a.flush is not None]
         if flushes:
             sess.run(flushes)
         return super(AdoptingSaver, self).save(sess, *args, **kwargs)
 
     def restore(self, sess, save_path):
-        absent = self._absent(save_path)
-        if not absent:
+        keys = self._keys(save_path)
+        absent = [a for a in self._averaged if keys is not None and not a.keys & keys]
+        unscaled = [a for a in self._averaged
+                    if keys is not None and a not in absent and a.scale_keys - keys]
+        if not absent and not unscaled:
             return super(AdoptingSaver, self).restore(sess, save_path)
         self._model_restorer.restore(sess, save_path)
         for averaged in self._averaged:
@@ -116,19 +129,22 @@ class AdoptingSaver(tf.train.Saver):
                 logger.info("%s: checkpoint %s has no averages (it was written before "
                             "averaging began); training resumes from its weights and the "
                             "averages start from them.", averaged.name, save_path)
+            elif averaged in unscaled:
+                averaged.unscaled_restorer.restore(sess, save_path)
+                sess.run(averaged.reset_scales)
             else:
                 averaged.restorer.restore(sess, save_path)
         return None
 
-    def _absent(self, save_path):
-        """The averagers none of whose state is in checkpoint `save_path`."""
+    def _keys(self, save_path):
+        """The keys of checkpoint `save_path` (None if there are no averagers or it
+        cannot be read: the plain restore then reports it)."""
         if save_path is None or not self._averaged:
-            return []
+            return None
         try:
-            keys = tf.train.NewCheckpointReader(save_path).get_variable_to_shape_map()
+            return set(tf.train.NewCheckpointReader(save_path).get_variable_to_shape_map())
         except (tf.errors.OpError, ValueError):
-            return []  # The plain restore reports it.
-        return [a for a in self._averaged if not any(key in keys for key in a.keys)]
+            return None
 
 
 def _without(var_list, excluded):

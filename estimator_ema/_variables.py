@@ -11,20 +11,29 @@ def read(var):
     return var.read_value()
 
 
-def read_step(global_step):
-    """The global step, read after the ops the current context depends on.
+def gather(var, rows):
+    """Rows `rows` of `var`, read after the ops the current context depends on: a
+    resource variable's rows alone (`ResourceGather`); a reference variable's
+    from its reference (through a read, TF 1.15's grappler can give a gather
+    ordered after a write the value from before it)."""
+    if hasattr(var, "handle"):
+        return tf.gather(var, rows)
+    return tf.gather(var.op.outputs[0], rows)
+
+
+def read_fresh(var):
+    """The value of `var`, read after the ops the current context depends on.
 
     A TF 1.15 reference variable's plain read can observe the value from before
     an update it is ordered after (seen with grappler on); adding zero under
     the variable's lock returns the value the update left.
     """
-    if hasattr(global_step, "handle"):
-        return read(global_step)
-    return tf.assign_add(global_step, tf.zeros([], global_step.dtype.base_dtype),
-                         use_locking=True)
+    if hasattr(var, "handle"):
+        return read(var)
+    return tf.assign_add(var, tf.zeros([], var.dtype.base_dtype), use_locking=True)
 
 
-def create_shadow(var, name, initial_value, suffix=""):
+def create_shadow(var, name, initial_value, suffix="", use_resource=None):
     """Creates the non-trainable variable `<var>/<name><suffix>` next to `var`.
 
     Built under `init_scope`, so it never picks up the control dependencies or
@@ -33,10 +42,12 @@ def create_shadow(var, name, initial_value, suffix=""):
 
     The shadow of a part of a partitioned variable is a part too: it is saved,
     as stock `ExponentialMovingAverage` (`slot_creator`) saves it, as a slice
-    of `<full name>/<name><suffix>` (see `_slice_like`).
+    of `<full name>/<name><suffix>` (see `_slice_like`). It is a resource
+    variable if `use_resource` is True, or if None and `var` is one.
     """
     expected = shadow_name(var.op.name, name) + suffix
-    use_resource = hasattr(var, "handle")
+    if use_resource is None:
+        use_resource = hasattr(var, "handle")
     with tf.init_scope(), var.graph.colocate_with(var), tf.name_scope(var.op.name + "/"):
         # Under a one-replica MirroredStrategy the update runs in replica
         # context, where TF 1.15 needs to be told how to aggregate it.

@@ -111,7 +111,7 @@ class _AveragingHook(tf.train.SessionRunHook):
         if self._period == 1:
             return update, None
         with tf.control_dependencies([update]):
-            return update, _variables.read_step(self._averager.global_step)
+            return update, _variables.read_fresh(self._averager.global_step)
 
     def after_create_session(self, session, coord):
         # A new session may have restored another global step.
@@ -252,9 +252,10 @@ class ExponentialMovingAverageHook(_AveragingHook):
         selected weights hold a NaN or an infinity (off by default: it reads
         every weight once more per step).
       lazy_rows: bool; True (the default) averages a variable that the step
-        writes only through sparse row updates (an embedding table) row by
-        row, exactly: a row's average is brought up to date when the row is
-        written and before each checkpoint. False averages every row every step.
+        writes only through sparse row updates (an embedding table) exactly,
+        at the cost of the rows each step writes: every row's average is
+        brought up to date before each checkpoint. False averages every row
+        every step.
 
     Raises:
       TypeError, ValueError: for bad arguments, at construction.

@@ -106,8 +106,13 @@ def check(recorder, reader, decay=0.8, every_n_steps=1, num_updates=True):
     return check_every_checkpoint(recorder, reader, oracle)
 
 
-def last_step_keys(model_dir):
-    return [k for k, _ in tf.train.list_variables(str(model_dir)) if k.endswith("/last_step")]
+def scale_keys(model_dir):
+    """The lazy averages' scales in the latest checkpoint, each checked to be 0:
+    checkpoints hold plain averages."""
+    keys = [k for k, _ in tf.train.list_variables(str(model_dir)) if k.endswith("/lazy_scale")]
+    for key in keys:
+        assert tf.train.load_variable(str(model_dir), key) == 0.0, key
+    return keys
 
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
@@ -116,7 +121,7 @@ def test_lazy_rows_are_exact_in_every_checkpoint(tmp_path, how, optimizer, caplo
     caplog.set_level(logging.INFO, logger="estimator_ema")
     _, recorder, reader = train(tmp_path, how, optimizer)
     assert check(recorder, reader) == len(reader.saved)
-    assert last_step_keys(tmp_path) == ["embedding/table/%s/last_step" % EMA]
+    assert scale_keys(tmp_path) == ["embedding/table/%s/lazy_scale" % EMA]
     assert "['embedding/table'] written only in rows, averaged lazily" in caplog.text
 
 
@@ -130,8 +135,9 @@ def test_options_and_partitions(tmp_path, how, optimizer, parts, every_n_steps, 
                                 every_n_steps=every_n_steps, num_updates=num_updates)
     assert check(recorder, reader, every_n_steps=every_n_steps,
                  num_updates=num_updates) == len(reader.saved)
-    keys = last_step_keys(tmp_path)
-    assert keys == ["embedding/table/%s/last_step" % EMA]
+    keys = scale_keys(tmp_path)
+    assert keys == (["embedding/table/part_%d/%s/lazy_scale" % (i, EMA) for i in range(parts)]
+                    or ["embedding/table/%s/lazy_scale" % EMA])
     # The partitioned table's average is saved whole, under the full name.
     assert tf.train.load_variable(str(tmp_path), "embedding/table/" + EMA).shape == (ROWS, DIM)
 
@@ -156,7 +162,7 @@ def test_helpers_see_exact_values_and_no_bookkeeping(tmp_path):
                                reader.saved[-1][1]["embedding/table"], rtol=1e-6)
     out = estimator_ema.write_averaged_checkpoint(str(tmp_path), str(tmp_path / "avg/model.ckpt"))
     keys = [k for k, _ in tf.train.list_variables(out)]
-    assert not [k for k in keys if "last_step" in k or EMA in k]
+    assert not [k for k in keys if "lazy_scale" in k or EMA in k]
     np.testing.assert_allclose(tf.train.load_variable(out, "embedding/table"),
                                averages["embedding/table"], rtol=1e-6)
 
@@ -169,7 +175,7 @@ def test_helpers_see_exact_values_and_no_bookkeeping(tmp_path):
 def test_dense_when_asked_or_an_option_needs_it(tmp_path, caplog, options, reason):
     caplog.set_level(logging.INFO, logger="estimator_ema")
     train(tmp_path, "hook", "sgd", steps=2, **options)
-    assert not last_step_keys(tmp_path)
+    assert not scale_keys(tmp_path)
     assert "['embedding/table'] written only in rows, averaged densely: %s" % reason in caplog.text
 
 
@@ -179,7 +185,7 @@ def test_swa_averages_densely_and_says_so(tmp_path, caplog):
                                  params={"optimizer": "sgd", "parts": 0})
     est.train(ids_input_fn, steps=2,
               hooks=[estimator_ema.StochasticWeightAveragingHook(start_step=0)])
-    assert not last_step_keys(tmp_path)
+    assert not scale_keys(tmp_path)
     assert "averaged densely: stochastic weight averages are dense" in caplog.text
 
 
@@ -190,7 +196,7 @@ def test_a_dense_write_keeps_the_dense_update(tmp_path):
         _, recorder, reader = train(tmp_path, "hook", "adam", steps=3)
     finally:
         del OPTIMIZERS["adam"]
-    assert not last_step_keys(tmp_path)
+    assert not scale_keys(tmp_path)
     assert check(recorder, reader) == len(reader.saved)
 
 
@@ -257,4 +263,4 @@ def test_canned_estimators_tables_are_lazy_and_exact(tmp_path, kind):
         canned_input_fn, steps=7, saving_listeners=[reader],
         hooks=[estimator_ema.ExponentialMovingAverageHook(0.8), recorder])
     assert check(recorder, reader) == len(reader.saved) == 5
-    assert len(last_step_keys(tmp_path)) == 1
+    assert len(scale_keys(tmp_path)) == 1
