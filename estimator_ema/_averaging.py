@@ -41,6 +41,9 @@ class Averager(object):
                          for v in self.variables]
         self._rows = None  # _rows.LazyRows, if some variable is averaged lazily
         self._lazy = {}  # {index of a variable: its _rows._Lazy}
+        # With lazy rows: (the global step after a training step, read before
+        # its writes, and whether its update is due).
+        self._then = None
         listed = set(id(v) for v in graph.get_collection(tf.GraphKeys.MOVING_AVERAGE_VARIABLES))
         for var in self.variables:
             if id(var) not in listed:
@@ -54,10 +57,13 @@ class Averager(object):
         """
         with self._scope("update"):
             with tf.control_dependencies(list(after)):
-                step = read_fresh(self.global_step)
-                if step_offset:
-                    step += step_offset
-                due = self._due(step)
+                if self._then is not None:
+                    step, due = self._then
+                else:
+                    step = read_fresh(self.global_step)
+                    if step_offset:
+                        step += step_offset
+                    due = self._due(step)
                 rows = None if self._rows is None else self._rows.update()
                 if due is None:
                     dense = self._apply(step)
@@ -132,7 +138,9 @@ class Averager(object):
     def _average_value(self, i):
         """The value of average `i` as a tensor (exact for lazy rows too)."""
         if i in self._lazy:
-            return self._lazy[i].value()
+            # After a step's rescale, not across it.
+            with tf.control_dependencies([self._rows.guard]):
+                return self._lazy[i].value()
         return read(self.averages[i])
 
     def _gate_in_graph(self):
@@ -215,6 +223,7 @@ class ExponentialMovingAverager(Averager):
 
     def __init__(self, options, graph=None):
         super(ExponentialMovingAverager, self).__init__(options, graph)
+        self._decay = None  # (the step tensor, its decay) last built
         self._debias = []
         if options.zero_debias:
             biased, local_step = DEBIAS_HELPERS
@@ -225,12 +234,15 @@ class ExponentialMovingAverager(Averager):
 
     def decay(self, step):
         """The decay in effect for an update after global step `step` (a tensor)."""
+        if self._decay is not None and self._decay[0] is step:
+            return self._decay[1]
         decay = tf.constant(self.options.decay, tf.float32)
         if self.options.num_updates:
             n = tf.cast(step, tf.float32)
             decay = tf.minimum(decay, (1.0 + n) / (10.0 + n))
         if self.options.every_n_steps > 1:
             decay = tf.pow(decay, float(self.options.every_n_steps))
+        self._decay = step, decay
         return decay
 
     def _due(self, step):
@@ -259,7 +271,8 @@ class ExponentialMovingAverager(Averager):
         # The writes come before the global step's increment (of one): the
         # update after them belongs to the step read now, plus one.
         step = read_fresh(self.global_step) + 1
-        return _rows.LazyRows(found, self.decay(step), self._due(step))
+        self._then = step, self._due(step)
+        return _rows.LazyRows(found, self.decay(step), self._then[1])
 
     def _apply(self, step, gate=None):
         decay = self.decay(step)

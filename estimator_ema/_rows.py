@@ -90,18 +90,26 @@ class _Lazy(object):
     and `Identity` to a tensor the step computes early (a sparse gradient's
     indices, duplicates and all: every entry of a row computes the same
     value), so that what comes before the writes runs beside the forward and
-    backward pass."""
+    backward pass. Where the forward pass gathers the variable's rows at one
+    of those tensors before the writes (an embedding lookup), its rows are
+    the old values; elsewhere they are gathered."""
 
     def __init__(self, variable, average, writes, indices):
         self.variable, self.average, self.writes = variable, average, writes
         self.scale = create_shadow(average, LAZY_SCALE, tf.constant(0.0, tf.float64),
                                    use_resource=True)
-        flat = [_early(i) for i in indices]
-        flat = [i if i.shape.ndims == 1 else tf.reshape(i, [-1]) for i in flat]
+        before = set.intersection(*[ancestors(op) for op in writes])
+        traced = [_trace(i, variable, before) for i in indices]
+        flat = [_flat(i) for i, _ in traced]
         if len({i.dtype for i in flat}) > 1:
             flat = [tf.cast(i, tf.int64) for i in flat]
         self.rows = flat[0] if len(flat) == 1 else tf.concat(flat, 0)
-        self.old = gather(variable, self.rows)
+        if all(looked_up is not None for _, looked_up in traced):
+            width = [-1] + variable.shape.as_list()[1:]
+            old = [tf.reshape(rows, width) for _, rows in traced]
+            self.old = old[0] if len(old) == 1 else tf.concat(old, 0)
+        else:
+            self.old = gather(variable, self.rows)
 
     def value(self):
         """The average as a tensor: `a`, or `w + e / S` while scaled."""
@@ -111,15 +119,38 @@ class _Lazy(object):
                            read(self.variable) + average / tf.cast(scale, average.dtype))
 
 
-def _early(indices):
-    """`indices`, or the tensor it was computed from holding the same values."""
+def _trace(indices, variable, before):
+    """(the earliest tensor `indices` was computed from that holds the same
+    values, the rows of `variable` a gather among the ops `before` read at one
+    of them, or None)."""
     while True:
+        for op in indices.consumers():
+            if (op in before and _gathers(op, variable) and op.inputs[1] is indices
+                    and op._get_control_flow_context() is None):
+                return indices, op.outputs[0]
         op = indices.op
         if ((op.type == "Unique" and indices is op.outputs[0])
                 or op.type in ("Reshape", "Identity")):
             indices = op.inputs[0]
         else:
-            return indices
+            return indices, None
+
+
+def _gathers(op, variable):
+    """Whether `op` gathers rows of `variable` along its first axis."""
+    if op.type == "ResourceGather":
+        return (hasattr(variable, "handle") and op.inputs[0] is variable.handle
+                and op.get_attr("batch_dims") == 0)
+    if op.type not in ("GatherV2", "Gather") or hasattr(variable, "handle"):
+        return False
+    if op.type == "GatherV2" and (tf.get_static_value(op.inputs[2]) != 0
+                                  or op.get_attr("batch_dims") != 0):
+        return False
+    return op.inputs[0] is variable.value() or op.inputs[0] is variable.op.outputs[0]
+
+
+def _flat(indices):
+    return indices if indices.shape.ndims == 1 else tf.reshape(indices, [-1])
 
 
 class LazyRows(object):
@@ -158,7 +189,8 @@ class LazyRows(object):
         """Whether every average is scaled, with its scale in range."""
         scales = [read(lazy.scale) for lazy in self.lazy]
         scales = scales[0] if len(scales) == 1 else tf.stack(scales)
-        return tf.reduce_all(tf.logical_and(scales >= 1.0, scales <= RESCALE_ABOVE))
+        scaled = tf.logical_and(scales >= 1.0, scales <= RESCALE_ABOVE)
+        return scaled if len(self.lazy) == 1 else tf.reduce_all(scaled)
 
     def _rescale(self):
         """`e <- a - w` where plain, `e <- e / S` where scaled; then `S <- 1`."""

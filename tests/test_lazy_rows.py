@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import estimator_ema
+from estimator_ema import _rows
 from conftest import EMA, IS_TF1, keras_sgd, run_config, tf1
 from test_ordering import CheckpointReader, Recorder, check_every_checkpoint, ema_of
 
@@ -38,31 +39,44 @@ OPTIMIZERS = {
 
 
 def embedding_model_fn(features, labels, mode, params):
-    """A table of ROWS x DIM looked up by ids, mean-pooled, a dense head."""
+    """A table of ROWS x DIM looked up by ids, mean-pooled, a dense head.
+
+    params: "optimizer" (a key of OPTIMIZERS), "parts" (0: not partitioned),
+    and optionally "lookup": "read" gathers from a read of the whole table
+    (no lookup of the table's own rows), "ref" makes reference variables,
+    "half" a float16 table; "step" the global step's increment (1)."""
     keras = params["optimizer"] == "keras"
+    lookup = params.get("lookup")
     partitioner = (tf1.fixed_size_partitioner(params["parts"]) if params["parts"] else None)
+    use_resource = True if keras else (False if lookup == "ref" else None)
     table = tf1.get_variable("embedding/table", [ROWS, DIM], partitioner=partitioner,
+                             dtype=tf.float16 if lookup == "half" else tf.float32,
                              initializer=tf1.random_normal_initializer(seed=1),
-                             use_resource=True if keras else None)
+                             use_resource=use_resource)
     head = tf1.get_variable("head/w", [DIM, 1], initializer=tf1.ones_initializer(),
-                            use_resource=True if keras else None)
-    pooled = tf.reduce_mean(tf.nn.embedding_lookup(table, features["ids"]), axis=1)
+                            use_resource=use_resource)
+    if lookup == "read":
+        rows = tf.gather(table.read_value(), features["ids"])
+    else:
+        rows = tf.nn.embedding_lookup(table, features["ids"])
+    pooled = tf.reduce_mean(tf.cast(rows, tf.float32), axis=1)
     predictions = tf.matmul(pooled, head)
     loss = tf.reduce_mean(tf.square(predictions - labels))
     step = tf1.train.get_or_create_global_step()
     variables = [head] + (list(table) if params["parts"] else [table])
     optimizer = OPTIMIZERS[params["optimizer"]]()
-    if keras:
+    if keras or "step" in params:
         apply = optimizer.apply_gradients(zip(tf.gradients(loss, variables), variables))
         with tf.control_dependencies([apply]):
-            train_op = tf1.assign_add(step, 1)
+            train_op = tf1.assign_add(step, params.get("step", 1))
     else:
         train_op = optimizer.minimize(loss, step, var_list=variables)
     return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op,
                                       predictions={"y": predictions})
 
 
-def train(model_dir, how, optimizer="sgd", parts=0, steps=STEPS, **options):
+def train(model_dir, how, optimizer="sgd", parts=0, steps=STEPS, params=None, save_steps=2,
+          **options):
     options.setdefault("decay", 0.8)
     model_fn = embedding_model_fn
     hooks = []
@@ -70,9 +84,9 @@ def train(model_dir, how, optimizer="sgd", parts=0, steps=STEPS, **options):
         model_fn = estimator_ema.with_ema(model_fn, **options)
     else:
         hooks.append(estimator_ema.ExponentialMovingAverageHook(**options))
-    est = tf.estimator.Estimator(model_fn, str(model_dir),
-                                 params={"optimizer": optimizer, "parts": parts},
-                                 config=run_config(save_checkpoints_steps=2))
+    params = dict(params or {}, optimizer=optimizer, parts=parts)
+    est = tf.estimator.Estimator(model_fn, str(model_dir), params=params,
+                                 config=run_config(save_checkpoints_steps=save_steps))
     recorder, reader = Recorder(), CheckpointReader(model_dir, EMA)
     est.train(ids_input_fn, steps=steps, hooks=hooks + [recorder], saving_listeners=[reader])
     return est, recorder, reader
@@ -198,6 +212,63 @@ def test_a_dense_write_keeps_the_dense_update(tmp_path):
         del OPTIMIZERS["adam"]
     assert not scale_keys(tmp_path)
     assert check(recorder, reader) == len(reader.saved)
+
+
+@pytest.mark.parametrize("params, reason", [
+    ({"step": 2}, "the training step does not add exactly one to the global step"),
+    ({"lookup": "half"}, "lazy rows need float32 or float64"),
+] + ([] if IS_TF1 else [
+    ({"lookup": "ref"}, "reference variables on TF 2 (its tf.cond cannot assign them)")]),
+    ids=lambda value: value if isinstance(value, str) else "-".join(map(str, value.values())))
+def test_dense_where_lazy_rows_cannot_be_exact(tmp_path, caplog, params, reason):
+    caplog.set_level(logging.INFO, logger="estimator_ema")
+    _, recorder, reader = train(tmp_path, "hook", "sgd", steps=4, params=params)
+    assert "['embedding/table'] written only in rows, averaged densely: %s" % reason in caplog.text
+    assert not scale_keys(tmp_path)
+    if params.get("lookup") == "ref":  # (float16 and a step of two have no oracle here)
+        assert check(recorder, reader) == len(reader.saved)
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_rows_the_forward_pass_does_not_look_up_are_read_before_the_writes(tmp_path, how):
+    # The table is gathered from a read of the whole of it: the old rows are
+    # not an embedding lookup's, so the averager reads them itself.
+    _, recorder, reader = train(tmp_path, how, "adagrad", params={"lookup": "read"})
+    assert check(recorder, reader) == len(reader.saved)
+    assert scale_keys(tmp_path) == ["embedding/table/%s/lazy_scale" % EMA]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_rescaling_keeps_every_checkpoint_exact(tmp_path, monkeypatch, how, optimizer):
+    # A scale grows by 1 / decay a step; past the bound the next step rescales
+    # (and a checkpoint leaves plain averages, a scale of 0).
+    monkeypatch.setattr(_rows, "RESCALE_ABOVE", 2.0)
+    _, recorder, reader = train(tmp_path, how, optimizer, steps=25, num_updates=False,
+                                save_steps=8)
+    scales = [values["embedding/table/%s/lazy_scale" % EMA] for _, values in recorder.record]
+    assert check(recorder, reader, num_updates=False) == len(reader.saved) >= 4
+    # Without rescaling the scale would reach 1.25 ** 8 = 6 between checkpoints.
+    assert 1.0 < max(scales) <= 2.0 / 0.8
+    rescaled = [i for i in range(1, len(scales)) if 0 < scales[i] < scales[i - 1]]
+    assert len(rescaled) >= 3, scales
+
+
+@pytest.mark.parametrize("first, then", [(False, True), (True, False)],
+                         ids=["dense-then-lazy", "lazy-then-dense"])
+def test_a_run_resumes_exactly_when_lazy_rows_are_switched(tmp_path, caplog, first, then):
+    caplog.set_level(logging.INFO, logger="estimator_ema")
+    est, recorder, reader = train(tmp_path, "hook", "adagrad", steps=5, lazy_rows=first)
+    assert bool(scale_keys(tmp_path)) == first
+    resumed, more = Recorder(), CheckpointReader(tmp_path, EMA)
+    est.train(ids_input_fn, steps=4, saving_listeners=[more], hooks=[
+        estimator_ema.ExponentialMovingAverageHook(0.8, lazy_rows=then), resumed])
+    # Each checkpoint's averages are plain: nothing is restarted ("no averages").
+    assert "has no averages" not in caplog.text
+    recorder.record += resumed.record[1:]
+    reader.saved += more.saved
+    assert check(recorder, reader) == len(reader.saved) >= 6
+    assert bool(scale_keys(tmp_path)) == then
 
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts",
