@@ -31,10 +31,10 @@ def adds_one(ran, variable):
     True when one op among them writes the variable, an `AssignAdd` of the
     constant 1 outside any control-flow construct (what
     `Optimizer.minimize(global_step=...)` builds), and the others at most read
-    it. False whenever that cannot be told from the graph.
+    it (averagers' ops aside). False whenever that cannot be told from the graph.
     """
     writers = [op for op in variable.op.outputs[0].consumers()
-               if op in ran and not _reads(op)]
+               if op in ran and not _reads(op) and not is_averaging_op(op)]
     return len(writers) == 1 and adds_one_to(writers[0], variable)
 
 

@@ -76,10 +76,10 @@ def embedding_model_fn(features, labels, mode, params):
 
 
 def train(model_dir, how, optimizer="sgd", parts=0, steps=STEPS, params=None, save_steps=2,
-          **options):
+          hooks=(), saving_listeners=(), **options):
     options.setdefault("decay", 0.8)
     model_fn = embedding_model_fn
-    hooks = []
+    hooks = list(hooks)
     if how == "decorator":
         model_fn = estimator_ema.with_ema(model_fn, **options)
     else:
@@ -88,7 +88,8 @@ def train(model_dir, how, optimizer="sgd", parts=0, steps=STEPS, params=None, sa
     est = tf.estimator.Estimator(model_fn, str(model_dir), params=params,
                                  config=run_config(save_checkpoints_steps=save_steps))
     recorder, reader = Recorder(), CheckpointReader(model_dir, EMA)
-    est.train(ids_input_fn, steps=steps, hooks=hooks + [recorder], saving_listeners=[reader])
+    est.train(ids_input_fn, steps=steps, hooks=hooks + [recorder],
+              saving_listeners=[reader] + list(saving_listeners))
     return est, recorder, reader
 
 
@@ -252,6 +253,19 @@ def test_rescaling_keeps_every_checkpoint_exact(tmp_path, monkeypatch, how, opti
     assert 1.0 < max(scales) <= 2.0 / 0.8
     rescaled = [i for i in range(1, len(scales)) if 0 < scales[i] < scales[i - 1]]
     assert len(rescaled) >= 3, scales
+
+
+def test_two_averages_of_one_table_are_both_lazy_and_exact(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="estimator_ema")
+    fast = CheckpointReader(tmp_path, "Fast")
+    est, recorder, reader = train(tmp_path, "decorator", "adagrad", saving_listeners=[fast],
+                                  hooks=[estimator_ema.ExponentialMovingAverageHook(
+                                      0.5, name="Fast")])
+    assert caplog.text.count("['embedding/table'] written only in rows, averaged lazily") == 2
+    assert check(recorder, reader) == len(reader.saved)
+    assert check(recorder, fast, decay=0.5) == len(fast.saved) == len(reader.saved)
+    assert scale_keys(tmp_path) == ["embedding/table/%s/lazy_scale" % name
+                                    for name in sorted([EMA, "Fast"])]
 
 
 @pytest.mark.parametrize("first, then", [(False, True), (True, False)],
