@@ -10,7 +10,8 @@ import logging
 
 from estimator_ema import _rows
 from estimator_ema._compat import IS_TF1, tf
-from estimator_ema._graphs import AVERAGING_SCOPES, adds_one
+from estimator_ema._distribution import training_tasks
+from estimator_ema._graphs import AVERAGING_SCOPES, adds_one, writers
 from estimator_ema._options import DEBIAS_HELPERS
 from estimator_ema._variables import create_shadow, read, read_fresh
 
@@ -81,12 +82,13 @@ class Averager(object):
             self.global_step.graph.add_to_collection(AVERAGING_SCOPES, scope)
             yield scope
 
-    def average_rows_lazily(self, ran):
+    def average_rows_lazily(self, ran, refusal=None):
         """Chooses, per variable, to average rows lazily (see `_rows`) where every
-        op among `ran` (the ops a training step runs) that writes the variable
-        is a sparse row write that the global-step increment waits for, and
-        orders what lazy rows need before those writes. Logs the choice once.
-        Call it before `update`."""
+        op among `ran` (the ops a training step runs, the update's included)
+        that writes the variable is a sparse row write that the global-step
+        increment waits for, and orders what lazy rows need before those
+        writes; with a `refusal` (a reason), or one of `_lazy_refusal`, none is.
+        Logs the choice once. Call it before `update`."""
         before_step = _rows.before_the_step(self.global_step, ran)
         found = {}
         for i, var in enumerate(self.variables):
@@ -96,9 +98,16 @@ class Averager(object):
                 found[i] = writes
         if not found:
             return
-        refusal = self._lazy_refusal()
+        refusal = refusal or self._lazy_refusal()
         if not refusal and not adds_one(ran, self.global_step):
             refusal = "the training step does not add exactly one to the global step"
+        tasks = training_tasks()
+        if not refusal and tasks and tasks > 1:
+            refusal = ("%d tasks train at once (TF_CONFIG); their steps would race on a lazy "
+                       "average's scale" % tasks)
+        if not refusal and tasks is None and any(
+                "/job:ps" in self.variables[i].device for i in found):
+            refusal = "a variable on a parameter server without a TF_CONFIG cluster"
         dense = {}
         for i in sorted(found):
             reason = refusal or _rows.unsupported(self.variables[i], self.averages[i])
@@ -122,6 +131,13 @@ class Averager(object):
     def _lazy_refusal(self):
         """Why no variable can be averaged lazily, or None."""
         return "stochastic weight averages are dense"
+
+    def lazy_writes_missed(self, ran):
+        """The ops among `ran` that write a lazily averaged variable but are not
+        the writes its lazy rows were built for."""
+        return sorted((op for lazy in self._lazy.values()
+                       for op in writers([lazy.variable], ran) if op not in lazy.writes),
+                      key=lambda op: op.name)
 
     def flush(self):
         """An op that brings every row of every lazy average up to date, for a
@@ -265,7 +281,11 @@ class ExponentialMovingAverager(Averager):
             return "lazy_rows=False"
         if options:
             return "lazy rows do not combine with %s=True" % " or ".join(options)
+        if self.options.decay ** self.options.every_n_steps < 1.0 / 16:
+            return ("decay ** every_n_steps is under 1/16: the scale would need rescaling "
+                    "(a pass over the table) at least every 16 updates")
         return None
+
 
     def _average_lazily(self, found):
         # The writes come before the global step's increment (of one): the

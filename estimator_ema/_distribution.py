@@ -8,6 +8,9 @@ itself hung here (TF 2.15, two logical CPUs, without any averaging), so the
 averaging refuses it rather than build a graph that cannot run.
 """
 
+import json
+import os
+
 from estimator_ema._compat import tf
 
 
@@ -34,3 +37,15 @@ def check_decorator_strategy():
             "%s over %d replicas); Estimator with several mirrored replicas hangs in TF 2.15 "
             "even without averaging: use parameter-server training through TF_CONFIG."
             % (type(strategy).__name__, strategy.num_replicas_in_sync))
+
+
+def training_tasks():
+    """How many tasks of the TF_CONFIG cluster train (chief, master and workers);
+    None without a TF_CONFIG cluster."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster") or {}
+    except ValueError:
+        return None
+    if not cluster:
+        return None
+    return sum(len(cluster.get(job) or []) for job in ("chief", "master", "worker"))

@@ -44,7 +44,7 @@ def row_writes(variable, ran):
     each of them is a sparse row write (a sparse optimizer apply or a scatter
     on the variable itself, outside control flow); None otherwise, or if none
     writes it."""
-    ops = writers([variable], ran)
+    ops = sorted(writers([variable], ran), key=lambda op: op.name)
     if not ops:
         return None
     indices = []
@@ -54,7 +54,7 @@ def row_writes(variable, ran):
                 or op._get_control_flow_context() is not None):
             return None
         indices.append(op.inputs[position])
-    return sorted(ops, key=lambda op: op.name), indices
+    return ops, indices
 
 
 def _indices_position(op):

@@ -68,7 +68,8 @@ class _AveragingHook(tf.train.SessionRunHook):
         train_ops = {op: ancestors(op) for op in _graphs.training_ops(
             self._averager.global_step, self._averager.variables)}
         if len(train_ops) == 1:
-            self._averager.average_rows_lazily(*train_ops.values())
+            self._averager.average_rows_lazily(_with_update_ops(graph, *train_ops.values()),
+                                               _no_saver_refusal(graph))
         _savers.install(graph, self._averager)
         if not graph.get_collection(tf.GraphKeys.SAVERS):
             logger.warning(
@@ -149,6 +150,12 @@ class _AveragingHook(tf.train.SessionRunHook):
         mode, update, increment = self._plans[chosen[0]]
         if mode == "refused":
             raise update
+        lazy = self._averager.lazy_writes_missed(ran)
+        if lazy:
+            raise RuntimeError(
+                "%s: the training step runs %s, which write lazily averaged variables but "
+                "are not the writes their lazy rows were built for (those the train op runs). "
+                "Pass lazy_rows=False." % (name, _names(lazy)))
         before = ancestors(update[0] if mode == "chained" else update)
         missed = [op for op in writes if op not in before and op is not increment]
         if missed:
@@ -195,6 +202,24 @@ class _AveragingHook(tf.train.SessionRunHook):
             self._runs = {key: (mode, update, False)
                           for key, (mode, update, _) in self._runs.items()}
         self._next_step = step + 1
+
+
+def _with_update_ops(graph, ran):
+    """`ran` and the ops the update runs first (`UPDATE_OPS` that `ran` leaves
+    out): every op a training step runs."""
+    try:
+        extra = _graphs.update_ops_to_run(graph, ran)
+    except ValueError:  # Refused when the update is planned.
+        return ran
+    return ran | ancestors(extra) if extra else ran
+
+
+def _no_saver_refusal(graph):
+    """Why lazy rows cannot be used with `graph`'s Saver, or None."""
+    if graph.get_collection(tf.GraphKeys.SAVERS):
+        return None
+    return ("the graph has no default Saver to extend (a Scaffold's own Saver?), so "
+            "checkpoints could not be made to hold plain averages")
 
 
 def _fetches_key(fetches):

@@ -270,8 +270,9 @@ def _with_scaffold(spec, change):
 def _train_spec(spec, averager):
     graph = tf.get_default_graph()
     ran = ancestors(spec.train_op)
-    averager.average_rows_lazily(ran)
-    train_op = averager.update(after=[spec.train_op] + update_ops_to_run(graph, ran))
+    extra = update_ops_to_run(graph, ran)
+    averager.average_rows_lazily(ran | ancestors(extra) if extra else ran)
+    train_op = averager.update(after=[spec.train_op] + extra)
     if not _is_tpu_spec(spec):
         # Summary ops cannot run inside a TPU computation.
         averager.add_summaries()

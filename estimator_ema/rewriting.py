@@ -272,7 +272,7 @@ def write_averaged_checkpoint(checkpoint_or_model_dir, output_prefix, *,
 
     For each average `<v>/<name>` in the source, the new checkpoint holds its
     value under `<v>`; the averages and their helpers (`<v>/<name>/biased`,
-    `<v>/<name>/local_step`, `<v>/<name>/last_step`) are dropped; everything else
+    `<v>/<name>/local_step`, `<v>/<name>/lazy_scale`) are dropped; everything else
     (global step, optimizer slots, variables without an average) is copied,
     sliced tensors (partitioned variables, their optimizers' slots) as the
     same slices.

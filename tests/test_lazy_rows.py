@@ -1,5 +1,6 @@
 """Lazy averages of embedding tables: exact in every checkpoint, every row."""
 
+import json
 import logging
 import os
 import signal
@@ -44,7 +45,9 @@ def embedding_model_fn(features, labels, mode, params):
     params: "optimizer" (a key of OPTIMIZERS), "parts" (0: not partitioned),
     and optionally "lookup": "read" gathers from a read of the whole table
     (no lookup of the table's own rows), "ref" makes reference variables,
-    "half" a float16 table; "step" the global step's increment (1)."""
+    "half" a float16 table; "step" the global step's increment (1);
+    "update_op" adds a dense write of the table to UPDATE_OPS; "saver" puts a
+    Saver of its own in the Scaffold."""
     keras = params["optimizer"] == "keras"
     lookup = params.get("lookup")
     partitioner = (tf1.fixed_size_partitioner(params["parts"]) if params["parts"] else None)
@@ -55,6 +58,8 @@ def embedding_model_fn(features, labels, mode, params):
                              use_resource=use_resource)
     head = tf1.get_variable("head/w", [DIM, 1], initializer=tf1.ones_initializer(),
                             use_resource=use_resource)
+    if params.get("update_op"):  # a dense write of the table that the train op does not run
+        tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign(table, table * 0.5))
     if lookup == "read":
         rows = tf.gather(table.read_value(), features["ids"])
     else:
@@ -71,7 +76,8 @@ def embedding_model_fn(features, labels, mode, params):
             train_op = tf1.assign_add(step, params.get("step", 1))
     else:
         train_op = optimizer.minimize(loss, step, var_list=variables)
-    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op,
+    scaffold = tf1.train.Scaffold(saver=tf1.train.Saver()) if params.get("saver") else None
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, scaffold=scaffold,
                                       predictions={"y": predictions})
 
 
@@ -186,6 +192,7 @@ def test_helpers_see_exact_values_and_no_bookkeeping(tmp_path):
     (dict(lazy_rows=False), "lazy_rows=False"),
     (dict(zero_debias=True), "lazy rows do not combine with zero_debias=True"),
     (dict(skip_nonfinite=True), "lazy rows do not combine with skip_nonfinite=True"),
+    (dict(decay=0.05, num_updates=False), "decay ** every_n_steps is under 1/16"),
 ])
 def test_dense_when_asked_or_an_option_needs_it(tmp_path, caplog, options, reason):
     caplog.set_level(logging.INFO, logger="estimator_ema")
@@ -228,6 +235,74 @@ def test_dense_where_lazy_rows_cannot_be_exact(tmp_path, caplog, params, reason)
     assert not scale_keys(tmp_path)
     if params.get("lookup") == "ref":  # (float16 and a step of two have no oracle here)
         assert check(recorder, reader) == len(reader.saved)
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_a_dense_write_in_update_ops_keeps_the_dense_update(tmp_path, how):
+    _, recorder, reader = train(tmp_path, how, "sgd", steps=4, params={"update_op": True})
+    assert not scale_keys(tmp_path)
+    assert check(recorder, reader) == len(reader.saved)
+
+
+def test_a_scaffold_saver_keeps_the_dense_update(tmp_path, caplog):
+    # Checkpoints written by a Saver the package cannot extend could not be made
+    # to hold plain averages (this one, built before the hook, saves none).
+    caplog.set_level(logging.INFO, logger="estimator_ema")
+    train(tmp_path, "hook", "sgd", steps=4, params={"saver": True})
+    assert "averaged densely: the graph has no default Saver to extend" in caplog.text
+    assert not scale_keys(tmp_path)
+
+
+def training_graph(device=None, **params):
+    """(graph, train op) of the embedding model's TRAIN mode (on `device`), with
+    the Saver Estimator adds."""
+    graph = tf.Graph()
+    with graph.as_default(), tf.device(device):
+        ids, labels = tf.constant([[0, 1], [2, 3]], tf.int64), tf.zeros([2, 1])
+        spec = embedding_model_fn({"ids": ids}, labels, tf.estimator.ModeKeys.TRAIN,
+                                  dict(params, optimizer="sgd", parts=0))
+        tf1.add_to_collection(tf1.GraphKeys.SAVERS, tf1.train.Saver(defer_build=True))
+    return graph, spec.train_op
+
+
+def begin_hook(device=None):
+    graph, _ = training_graph(device)
+    with graph.as_default():
+        estimator_ema.ExponentialMovingAverageHook(0.8).begin()
+
+
+@pytest.mark.parametrize("tf_config, reason", [
+    ({"cluster": {"chief": ["a:1"], "worker": ["b:1"], "ps": ["c:1"]},
+      "task": {"type": "chief", "index": 0}}, "2 tasks train at once (TF_CONFIG)"),
+    (None, "a variable on a parameter server without a TF_CONFIG cluster"),
+], ids=["two-workers", "ps-without-tf-config"])
+def test_clusters_where_steps_could_race_keep_the_dense_update(monkeypatch, caplog, tf_config,
+                                                               reason):
+    caplog.set_level(logging.INFO, logger="estimator_ema")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    if tf_config:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    begin_hook(None if tf_config else "/job:ps/task:0")
+    assert "averaged densely: %s" % reason in caplog.text
+
+
+def test_a_chief_alone_with_parameter_servers_is_lazy(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="estimator_ema")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"chief": ["a:1"], "ps": ["c:1"]}, "task": {"type": "chief", "index": 0}}))
+    begin_hook("/job:ps/task:0")
+    assert "averaged lazily" in caplog.text
+
+
+def test_a_run_that_writes_a_lazy_table_otherwise_is_refused():
+    graph, train_op = training_graph()
+    with graph.as_default():
+        table = [v for v in tf1.global_variables() if v.op.name == "embedding/table"][0]
+        other = tf1.scatter_add(table, [0], tf.zeros([1, DIM]))
+        with tf1.train.MonitoredSession(
+                hooks=[estimator_ema.ExponentialMovingAverageHook(0.8)]) as session:
+            with pytest.raises(RuntimeError, match="ScatterAdd.*not the writes their lazy rows"):
+                session.run([train_op, other])
 
 
 @pytest.mark.parametrize("how", ["hook", "decorator"])
