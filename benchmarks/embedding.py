@@ -95,9 +95,14 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=1000000)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
+    parser.add_argument("--steps", type=int, default=100, help="steps per variant per round")
+    parser.add_argument("--dense-steps", type=int, default=5,
+                        help="steps per round of the variants that average every row")
     parser.add_argument("--warmup", type=int, default=20,
                         help="untimed steps per variant before the rounds")
+    parser.add_argument("--settle", type=int, default=5,
+                        help="untimed steps at the start of each turn: a dense variant's "
+                             "turn leaves the next one's rows out of the caches")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 10,000 rows, 2 rounds of 3 steps, for CI")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -107,19 +112,23 @@ def main(argv=None):
     if "none" not in variants:
         variants = ("none",) + variants
     if args.quick:
-        args.rows, args.rounds, args.steps, args.warmup = 10000, 2, 3, 2
+        args.rows, args.rounds, args.steps, args.warmup, args.settle = 10000, 2, 3, 2, 1
+        args.dense_steps = 3
     model_dir = tempfile.mkdtemp(prefix="estimator-ema-embedding-")
     try:
         built = {v: build(v, args.rows, model_dir) for v in variants}
-        results = run_rounds(built, variants, args.rounds, args.steps, args.warmup)
+        steps = {v: args.dense_steps if v == "stock" or v.endswith("_dense") else args.steps
+                 for v in variants}
+        results = run_rounds(built, variants, args.rounds, steps, args.warmup, args.settle)
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
     report = {"tensorflow": tf.__version__, "python": platform.python_version(),
               "cpu": cpu_model(), "cores": os.cpu_count(), "decay": DECAY, "rows": args.rows,
               "dim": DIM, "ids": IDS, "batch": BATCH, "rounds": args.rounds,
-              "steps": args.steps, "variants": results}
-    print("%d x %d table, %d ids x batch %d, Adagrad, %d rounds x %d steps (TF %s)"
-          % (args.rows, DIM, IDS, BATCH, args.rounds, args.steps, tf.__version__))
+              "steps": steps, "settle": args.settle, "variants": results}
+    print("%d x %d table, %d ids x batch %d, Adagrad, %d rounds x %d steps (dense: %d), after "
+          "%d untimed (TF %s)" % (args.rows, DIM, IDS, BATCH, args.rounds, args.steps,
+                                  args.dense_steps, args.settle, tf.__version__))
     print("  %-15s %10s %8s  %-15s" % ("variant", "steps/s", "ratio", "ratio quartiles"))
     for v in variants:
         r = results[v]

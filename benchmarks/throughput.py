@@ -206,7 +206,11 @@ def measure(config, variants, rounds, steps, warmup, session_kind):
         shutil.rmtree(model_dir, ignore_errors=True)
 
 
-def run_rounds(built, variants, rounds, steps, warmup):
+def run_rounds(built, variants, rounds, steps, warmup, settle=0):
+    """Per-variant results of `rounds` rounds of `steps` timed steps each (an int,
+    or `{variant: steps}`), after `warmup` untimed steps per variant; with
+    `settle`, each turn first runs that many untimed steps (caches refilled
+    after another variant's turn)."""
     for graph, session, train_op in built.values():
         timed_steps(graph, session, train_op, warmup)
     per_round = {v: [] for v in variants}
@@ -215,7 +219,9 @@ def run_rounds(built, variants, rounds, steps, warmup):
         # Rotate the order so no variant always runs first (or right after another).
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
-            wall, cpu = timed_steps(*built[v], steps)
+            if settle:
+                timed_steps(*built[v], settle)
+            wall, cpu = timed_steps(*built[v], steps[v] if isinstance(steps, dict) else steps)
             per_round[v].append(wall)
             cpu_round[v].append(cpu)
     for graph, session, _ in built.values():

@@ -151,14 +151,6 @@ class Averager(object):
         """The `_rows.LazyRows` of `found`, `[(variable, average, writes, indices)]`."""
         raise NotImplementedError
 
-    def _average_value(self, i):
-        """The value of average `i` as a tensor (exact for lazy rows too)."""
-        if i in self._lazy:
-            # After a step's rescale, not across it.
-            with tf.control_dependencies([self._rows.guard]):
-                return self._lazy[i].value()
-        return read(self.averages[i])
-
     def _gate_in_graph(self):
         """Whether a due-gated update selects values (`tf.where`) rather than
         branching (`tf.cond`): TF 2's `tf.cond` cannot assign a reference variable."""
@@ -202,12 +194,16 @@ class Averager(object):
 
     def distance(self):
         """Global L2 distance between the averages and the weights, and its ratio
-        to the weights' global norm."""
-        squares = [tf.reduce_sum(tf.square(tf.cast(self._average_value(i) - read(v),
-                                                   tf.float32)))
-                   for i, v in enumerate(self.variables)]
-        norms = [tf.reduce_sum(tf.square(tf.cast(read(v), tf.float32)))
-                 for v in self.variables]
+        to the weights' global norm, over the variables not averaged lazily
+        (reading a lazy one's every row would cost what lazy rows save; 0 if
+        every variable is)."""
+        dense = [(v, a) for i, (v, a) in enumerate(zip(self.variables, self.averages))
+                 if i not in self._lazy]
+        if not dense:
+            return tf.constant(0.0), tf.constant(0.0)
+        squares = [tf.reduce_sum(tf.square(tf.cast(read(a) - read(v), tf.float32)))
+                   for v, a in dense]
+        norms = [tf.reduce_sum(tf.square(tf.cast(read(v), tf.float32))) for v, _ in dense]
         distance = tf.sqrt(tf.add_n(squares))
         return distance, distance / (tf.sqrt(tf.add_n(norms)) + 1e-12)
 
