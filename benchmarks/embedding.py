@@ -5,7 +5,10 @@ mean-pooled, a linear head, Adagrad (sparse row updates of the table). Each
 variant trains its own copy in its own graph and session, built once; the
 variants then take turns in rounds inside this one process, as in
 `throughput.py`, and each round's steps/s is divided by the no-averaging
-variant's of the same round.
+variant's of the same round. A turn is `--steps` timed steps (`--dense-steps`
+for the variants that average every row, about 60 ms a step) after `--settle`
+untimed ones: a dense variant's turn passes over every table, and the next
+variant's first steps after it are slower.
 
 Variants:
 
@@ -100,9 +103,10 @@ def main(argv=None):
                         help="steps per round of the variants that average every row")
     parser.add_argument("--warmup", type=int, default=20,
                         help="untimed steps per variant before the rounds")
-    parser.add_argument("--settle", type=int, default=5,
-                        help="untimed steps at the start of each turn: a dense variant's "
-                             "turn leaves the next one's rows out of the caches")
+    parser.add_argument("--settle", type=int, default=30,
+                        help="untimed steps at the start of each turn (1 for the dense "
+                             "variants): a dense variant's turn, a pass over every table, "
+                             "leaves the next variant's first steps slower")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 10,000 rows, 2 rounds of 3 steps, for CI")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -117,15 +121,16 @@ def main(argv=None):
     model_dir = tempfile.mkdtemp(prefix="estimator-ema-embedding-")
     try:
         built = {v: build(v, args.rows, model_dir) for v in variants}
-        steps = {v: args.dense_steps if v == "stock" or v.endswith("_dense") else args.steps
-                 for v in variants}
-        results = run_rounds(built, variants, args.rounds, steps, args.warmup, args.settle)
+        dense = {v for v in variants if v == "stock" or v.endswith("_dense")}
+        steps = {v: args.dense_steps if v in dense else args.steps for v in variants}
+        settle = {v: min(args.settle, 1) if v in dense else args.settle for v in variants}
+        results = run_rounds(built, variants, args.rounds, steps, args.warmup, settle)
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
     report = {"tensorflow": tf.__version__, "python": platform.python_version(),
               "cpu": cpu_model(), "cores": os.cpu_count(), "decay": DECAY, "rows": args.rows,
               "dim": DIM, "ids": IDS, "batch": BATCH, "rounds": args.rounds,
-              "steps": steps, "settle": args.settle, "variants": results}
+              "steps": steps, "settle": settle, "variants": results}
     print("%d x %d table, %d ids x batch %d, Adagrad, %d rounds x %d steps (dense: %d), after "
           "%d untimed (TF %s)" % (args.rows, DIM, IDS, BATCH, args.rounds, args.steps,
                                   args.dense_steps, args.settle, tf.__version__))

@@ -207,10 +207,10 @@ def measure(config, variants, rounds, steps, warmup, session_kind):
 
 
 def run_rounds(built, variants, rounds, steps, warmup, settle=0):
-    """Per-variant results of `rounds` rounds of `steps` timed steps each (an int,
-    or `{variant: steps}`), after `warmup` untimed steps per variant; with
-    `settle`, each turn first runs that many untimed steps (caches refilled
-    after another variant's turn)."""
+    """Per-variant results of `rounds` rounds of `steps` timed steps each, after
+    `warmup` untimed steps per variant; with `settle`, each turn first runs that
+    many untimed steps (caches refilled after another variant's turn).
+    `steps` and `settle` are ints or `{variant: int}`."""
     for graph, session, train_op in built.values():
         timed_steps(graph, session, train_op, warmup)
     per_round = {v: [] for v in variants}
@@ -219,8 +219,9 @@ def run_rounds(built, variants, rounds, steps, warmup, settle=0):
         # Rotate the order so no variant always runs first (or right after another).
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
-            if settle:
-                timed_steps(*built[v], settle)
+            untimed = settle[v] if isinstance(settle, dict) else settle
+            if untimed:
+                timed_steps(*built[v], untimed)
             wall, cpu = timed_steps(*built[v], steps[v] if isinstance(steps, dict) else steps)
             per_round[v].append(wall)
             cpu_round[v].append(cpu)
