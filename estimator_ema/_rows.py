@@ -12,10 +12,11 @@ update is not due). So with a scale `S` that every update divides by `d`,
 does not change for a row that no step writes, and a step that writes rows
 changes theirs by `S * (w_old - w_new)` (`S` before that step's division).
 The average variable holds `e` while training and `a = w + e / S` is read
-back whenever needed. Per step that is, for the rows written only: a gather
-of the old rows before the write, one of the new rows after it, and a
-scatter into the average (whose rows are fetched while the optimizer
-writes); plus one division of `S`. Nothing is kept per row.
+back whenever needed. Per step that is, for the rows written only: their old
+values (the forward pass's embedding lookup, or a gather before the write)
+and their averages' rows, read beside the forward pass; after the write a
+gather of the new rows and one scatter into the average; plus a division of
+`S`. Nothing is kept per row.
 
 `S` lives in a float64 scalar per lazy variable (or part), `<average>/lazy_scale`.
 0 means the average variable holds plain averages: as initialized, restored,
