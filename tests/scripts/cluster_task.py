@@ -75,11 +75,18 @@ def embedding_model_fn(features, labels, mode, params):
 class Report(tf1.train.SessionRunHook):
     """Counts this task's steps, records variable placement, and paces the
     steps (a worker starts about 5 s after the chief: with unpaced steps the
-    chief would finish alone)."""
+    chief would finish alone).
 
-    def __init__(self, path, pace_secs=0.02):
+    With `wait_for`, `end` waits for that file (the worker's report, written
+    after its last step) before returning: hooks end in order and the chief's
+    checkpoint saver comes after this one, so the final checkpoint then holds
+    every step of both tasks (else a worker step can land after that save)."""
+
+    def __init__(self, path, pace_secs=0.02, wait_for=None, wait_secs=120):
         self._path = path
         self._pace_secs = pace_secs
+        self._wait_for = wait_for
+        self._wait_secs = wait_secs
         self._steps = 0
 
     def after_create_session(self, session, coord):
@@ -92,13 +99,19 @@ class Report(tf1.train.SessionRunHook):
     def end(self, session):
         with open(self._path, "w") as handle:
             json.dump({"steps": self._steps, "devices": self._devices}, handle)
+        deadline = time.time() + self._wait_secs
+        while self._wait_for and not os.path.exists(self._wait_for) and time.time() < deadline:
+            time.sleep(0.1)
 
 
 def main(model_dir, mode, max_steps):
     config = tf.estimator.RunConfig(save_checkpoints_steps=10, save_summary_steps=1000,
                                     log_step_count_steps=1000)
     task = "%s%d" % (config.task_type, config.task_id)
-    hooks = [Report(os.path.join(model_dir, task + ".json"))]
+    # (SyncReplicas workers block on the chief's queue: the chief must not wait there.)
+    wait_for = (os.path.join(model_dir, "worker0.json")
+                if config.is_chief and mode != "sync" else None)
+    hooks = [Report(os.path.join(model_dir, task + ".json"), wait_for=wait_for)]
     evaluator = estimator_ema.averaged_estimator
     if mode == "decorator":
         model_fn, evaluator = estimator_ema.with_ema(linear_model_fn, decay=DECAY,
