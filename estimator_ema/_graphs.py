@@ -23,6 +23,8 @@ def ancestors(fetches):
 
 _RESOURCE_READS = frozenset(["ReadVariableOp", "VarIsInitializedOp", "ResourceGather",
                              "ResourceGatherNd", "VariableShape"])
+# A Saver's save op takes a reference variable itself (TF 1.15), and only reads it.
+_SAVES = frozenset(["SaveV2", "Save", "SaveSlices"])
 
 
 def adds_one(ran, variable):
@@ -52,7 +54,7 @@ def _reads(op):
     if op.type == "Identity":  # a reference variable's read (a handle's would be passed on)
         source = op.inputs[0].dtype
         return source != source.base_dtype
-    return op.type in _RESOURCE_READS
+    return op.type in _RESOURCE_READS or op.type in _SAVES
 
 
 # Ops that pass a variable's ref or handle on (to a cond branch, a loop, a copy).

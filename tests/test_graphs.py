@@ -4,7 +4,7 @@ import pytest
 
 from conftest import IS_TF1, tf1
 
-from estimator_ema._graphs import adds_one, ancestors
+from estimator_ema._graphs import adds_one, ancestors, training_ops
 
 
 def build(use_resource, train):
@@ -60,3 +60,17 @@ def test_minimize_with_global_step_adds_one(use_resource):
 @pytest.mark.parametrize("train", [minimize_twice, add_two, assign, add_one_in_cond, no_step])
 def test_anything_else_is_not_counted(use_resource, train):
     assert not build(use_resource, train)
+
+
+@pytest.mark.parametrize("use_resource", USE_RESOURCE)
+def test_a_savers_save_op_is_not_a_train_op(use_resource):
+    # A Saver built beside the model reads the variables (on TF 1.15 its save
+    # op takes reference variables themselves): it neither writes them nor is
+    # a candidate for the train op.
+    graph = tf1.Graph()
+    with graph.as_default():
+        step = tf1.train.get_or_create_global_step()
+        w = tf1.get_variable("w", [2], use_resource=use_resource)
+        train_op = minimize(step, tf1.reduce_sum(tf1.square(w)))
+        tf1.train.Saver()
+        assert training_ops(step, [w]) == [train_op]
