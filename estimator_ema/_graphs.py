@@ -206,3 +206,11 @@ def update_ops_to_run(graph, ran):
                 "the branch." % inner.name)
         extra.append(op)
     return extra
+
+
+def training_step(graph, ran):
+    """(the `UPDATE_OPS` ops that running the ops `ran` leaves out, which the
+    averaging update runs first; every op the training step runs: `ran` and
+    those ops' ancestors). ValueError as `update_ops_to_run`."""
+    extra = update_ops_to_run(graph, ran)
+    return extra, (ran | ancestors(extra) if extra else ran)

@@ -220,10 +220,9 @@ class LazyRows(object):
 
     def flush(self):
         """An op that leaves plain averages in every average variable (`S = 0`)."""
-        written = [tf.assign(lazy.average, lazy.value()) for lazy in self.lazy]
-        with tf.control_dependencies(written):
-            return tf.group(*[tf.assign(lazy.scale, tf.constant(0.0, tf.float64))
-                              for lazy in self.lazy])
+        with tf.control_dependencies([tf.assign(lazy.average, lazy.value())
+                                      for lazy in self.lazy]):
+            return self.start()
 
     def start(self):
         """An op that marks every average plain (`S = 0`), for averages just set

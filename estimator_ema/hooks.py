@@ -65,11 +65,11 @@ class _AveragingHook(tf.train.SessionRunHook):
         check_hook_strategy(type(self).__name__)
         graph = tf.get_default_graph()
         self._averager = self._make_averager(self._options, graph)
-        train_ops = {op: ancestors(op) for op in _graphs.training_ops(
+        steps = {op: _training_step(graph, op) for op in _graphs.training_ops(
             self._averager.global_step, self._averager.variables)}
-        if len(train_ops) == 1:
-            self._averager.average_rows_lazily(_with_update_ops(graph, *train_ops.values()),
-                                               _no_saver_refusal(graph))
+        only = list(steps.values())
+        if len(only) == 1 and not isinstance(only[0], ValueError):
+            self._averager.average_rows_lazily(only[0][1], _no_saver_refusal(graph))
         _savers.install(graph, self._averager)
         if not graph.get_collection(tf.GraphKeys.SAVERS):
             logger.warning(
@@ -78,20 +78,19 @@ class _AveragingHook(tf.train.SessionRunHook):
                 "in TF 2 needs checkpoint_format='saver').", type(self).__name__)
         self._period = self._averager.period()
         self._watched = list(self._averager.variables) + [self._averager.global_step]
-        self._plans = {op: self._plan(graph, op, ran) for op, ran in train_ops.items()}
+        self._plans = {op: self._plan(op, step) for op, step in steps.items()}
         self._runs = {}
         self._start = self._averager.initialize_from_weights()
         self._averager.add_summaries()
         self._mode, self._counting, self._next_step = None, False, None
 
-    def _plan(self, graph, train_op, ran):
+    def _plan(self, train_op, step_ops):
         """(mode, update, the increment the update runs before, or None) for steps
-        that run `train_op` (whose ancestors are `ran`); mode "refused" and the
+        that run `train_op`, given its `_training_step`; mode "refused" and the
         ValueError when UPDATE_OPS cannot be ordered."""
-        try:
-            extra = _graphs.update_ops_to_run(graph, ran)
-        except ValueError as error:
-            return "refused", error, None
+        if isinstance(step_ops, ValueError):
+            return "refused", step_ops, None
+        extra, _ = step_ops
         step = self._averager.global_step
         if self._period == 1 and train_op not in ancestors(extra):
             if adds_one_to(train_op, step) and "/job:ps" not in step.device:
@@ -204,14 +203,13 @@ class _AveragingHook(tf.train.SessionRunHook):
         self._next_step = step + 1
 
 
-def _with_update_ops(graph, ran):
-    """`ran` and the ops the update runs first (`UPDATE_OPS` that `ran` leaves
-    out): every op a training step runs."""
+def _training_step(graph, train_op):
+    """`_graphs.training_step` of the ops `train_op` runs, or its ValueError (the
+    plan refuses the run then)."""
     try:
-        extra = _graphs.update_ops_to_run(graph, ran)
-    except ValueError:  # Refused when the update is planned.
-        return ran
-    return ran | ancestors(extra) if extra else ran
+        return _graphs.training_step(graph, ancestors(train_op))
+    except ValueError as error:
+        return error
 
 
 def _no_saver_refusal(graph):

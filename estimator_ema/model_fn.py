@@ -8,7 +8,7 @@ import sys
 from estimator_ema import _averaging, _options, _swa
 from estimator_ema._compat import ESTIMATOR_CLASSES, tf, tf_estimator
 from estimator_ema._distribution import check_decorator_strategy
-from estimator_ema._graphs import ancestors, update_ops_to_run
+from estimator_ema._graphs import ancestors, training_step
 from estimator_ema._savers import adopting_train_spec
 from estimator_ema._scaffolds import AveragesSaver, replace_scaffold
 from estimator_ema.checkpoints import checkpoint_key, saver_var_list
@@ -269,9 +269,8 @@ def _with_scaffold(spec, change):
 
 def _train_spec(spec, averager):
     graph = tf.get_default_graph()
-    ran = ancestors(spec.train_op)
-    extra = update_ops_to_run(graph, ran)
-    averager.average_rows_lazily(ran | ancestors(extra) if extra else ran)
+    extra, ran = training_step(graph, ancestors(spec.train_op))
+    averager.average_rows_lazily(ran)
     train_op = averager.update(after=[spec.train_op] + extra)
     if not _is_tpu_spec(spec):
         # Summary ops cannot run inside a TPU computation.
