@@ -13,13 +13,13 @@ from estimator_ema._compat import tf, tf_estimator
 from estimator_ema._scaffolds import replace_scaffold
 
 
-def _saved_as(var):
-    """`(checkpoint key, slice spec, full shape)` under which a Saver saves `var`:
-    a partitioned variable's part is a slice of its full name."""
+def _slice(var):
+    """`(slice spec, full shape)` of `var` under its `checkpoint_key`: a
+    partitioned variable's part is a slice of the whole."""
     info = var._get_save_slice_info()
     if info is not None:
-        return info.full_name, info.spec, list(info.full_shape)
-    return var.op.name, "", var.shape.as_list()
+        return info.spec, list(info.full_shape)
+    return "", var.shape.as_list()
 
 
 class CheckpointAveragesSaver(tf.train.Saver):
@@ -41,13 +41,12 @@ class CheckpointAveragesSaver(tf.train.Saver):
         super(CheckpointAveragesSaver, self).__init__(variables, sharded=True)
         self._average_name = name
         self._variables = variables
-        saved_as = [_saved_as(v) for v in variables]
         with tf.name_scope("restore_averages"), tf.device("/device:CPU:0"):
             self._prefix = tf.placeholder(tf.string, [], name="prefix")
             self._keys = tf.placeholder(tf.string, [len(variables)], name="keys")
             values = tf.raw_ops.RestoreV2(
                 prefix=self._prefix, tensor_names=self._keys,
-                shape_and_slices=[spec for _, spec, _ in saved_as],
+                shape_and_slices=[_slice(v)[0] for v in variables],
                 dtypes=[v.dtype.base_dtype for v in variables])
         self._restore_op = tf.group(*[tf.assign(v, value) for v, value in zip(variables, values)])
 
@@ -62,8 +61,8 @@ class CheckpointAveragesSaver(tf.train.Saver):
         averages = checkpoints.checkpoint_averages(shapes, self._average_name)
         keys, missing = [], []
         for var in self._variables:
-            key, _, shape = _saved_as(var)
-            key = averages.get(key, key)
+            key = checkpoints.checkpoint_key(var)
+            key, shape = averages.get(key, key), _slice(var)[1]
             keys.append(key)
             if key not in shapes:
                 missing.append(key)
