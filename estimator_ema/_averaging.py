@@ -11,7 +11,7 @@ import logging
 from estimator_ema import _rows
 from estimator_ema._compat import IS_TF1, tf
 from estimator_ema._distribution import training_tasks
-from estimator_ema._graphs import AVERAGING_SCOPES, adds_one, writers
+from estimator_ema._graphs import AVERAGING_SCOPES, adds_one, completions, writers
 from estimator_ema._options import DEBIAS_HELPERS
 from estimator_ema._variables import create_shadow, read, read_fresh
 
@@ -57,7 +57,7 @@ class Averager(object):
         it runs before the op that increments the global step.
         """
         with self._scope("update"):
-            with tf.control_dependencies(list(after)):
+            with tf.control_dependencies(completions(after)):
                 if self._then is not None:
                     step, due = self._then
                 else:

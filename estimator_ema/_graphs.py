@@ -27,6 +27,28 @@ _RESOURCE_READS = frozenset(["ReadVariableOp", "VarIsInitializedOp", "ResourceGa
 _SAVES = frozenset(["SaveV2", "Save", "SaveSlices"])
 
 
+# Ops that run a function: TF 2's `tf.cond` and `tf.while_loop`, a function call.
+_FUNCTION_CALLS = frozenset(["If", "StatelessIf", "Case", "StatelessCase", "While",
+                             "StatelessWhile", "PartitionedCall", "StatefulPartitionedCall"])
+
+
+def completions(ops):
+    """What an op built now must wait for to follow `ops` and everything they
+    run: `ops`, and an identity of each output of every op among them or their
+    ancestors that runs a function.
+
+    In a TF1-style graph the writes in a TF 2 `tf.cond` branch are not among its
+    function's control outputs, so a control edge from the `If` op does not
+    wait for them; the `If` op's outputs wait for what the branch returns.
+    """
+    ops = [_as_op(item) for item in tf.nest.flatten(ops)]
+    context = ops[0].graph._get_control_flow_context() if ops else None
+    calls = sorted((op for op in ancestors(ops)
+                    if op.type in _FUNCTION_CALLS and op.outputs
+                    and op._get_control_flow_context() is context), key=lambda op: op.name)
+    return ops + [tf.identity(t).op for op in calls for t in op.outputs]
+
+
 def adds_one(ran, variable):
     """Whether running the ops `ran` adds exactly one to `variable`.
 
