@@ -10,7 +10,6 @@ import logging
 
 from estimator_ema import _rows
 from estimator_ema._compat import IS_TF1, tf
-from estimator_ema._distribution import training_tasks
 from estimator_ema._graphs import AVERAGING_SCOPES, adds_one, completions, writers
 from estimator_ema._options import DEBIAS_HELPERS
 from estimator_ema._variables import create_shadow, read, read_fresh
@@ -65,14 +64,11 @@ class Averager(object):
                     if step_offset:
                         step += step_offset
                     due = self._due(step)
-                rows = None if self._rows is None else self._rows.update()
                 if due is None:
-                    dense = self._apply(step)
-                elif not self._gate_in_graph():
-                    dense = tf.group(tf.cond(due, lambda: self._apply_then_true(step), _false))
-                else:
-                    dense = self._apply(step, gate=due)
-                return dense if rows is None else tf.group(dense, rows)
+                    return self._apply(step)
+                if not self._gate_in_graph():
+                    return tf.group(tf.cond(due, lambda: self._apply_then_true(step), _false))
+                return self._apply(step, gate=due)
 
     @contextlib.contextmanager
     def _scope(self, what):
@@ -101,13 +97,6 @@ class Averager(object):
         refusal = refusal or self._lazy_refusal()
         if not refusal and not adds_one(ran, self.global_step):
             refusal = "the training step does not add exactly one to the global step"
-        tasks = training_tasks()
-        if not refusal and tasks and tasks > 1:
-            refusal = ("%d tasks train at once (TF_CONFIG); their steps would race on a lazy "
-                       "average's scale" % tasks)
-        if not refusal and tasks is None and any(
-                "/job:ps" in self.variables[i].device for i in found):
-            refusal = "a variable on a parameter server without a TF_CONFIG cluster"
         dense = {}
         for i in sorted(found):
             reason = refusal or _rows.unsupported(self.variables[i], self.averages[i])
@@ -124,8 +113,8 @@ class Averager(object):
                                                for i in sorted(found)])
         self._lazy = {i: lazy for i, lazy in zip(sorted(found), self._rows.lazy)}
         logger.info("%s: %s written only in rows, averaged lazily: each step updates the "
-                    "averages of the rows it writes; every row's is brought up to date "
-                    "before each checkpoint.", self.options.name,
+                    "averages of the rows it writes, beside them; checkpoints hold every "
+                    "row's average brought up to date.", self.options.name,
                     [self.variables[i].op.name for i in sorted(found)])
 
     def _lazy_refusal(self):
@@ -139,13 +128,15 @@ class Averager(object):
                        for op in writers([lazy.variable], ran) if op not in lazy.writes),
                       key=lambda op: op.name)
 
-    def flush(self):
-        """An op that brings every row of every lazy average up to date, for a
-        checkpoint to hold exact averages; None if no average is lazy."""
+    def saveables(self, state):
+        """What a Saver saves of the variables `state` (the averager's): each lazy
+        average, its row clock and clock replaced by one saveable of its plain
+        values (see `_rows.LazyRows.saveables`)."""
         if self._rows is None:
-            return None
-        with self._scope("flush"):
-            return self._rows.flush()
+            return list(state)
+        lazy = {id(v) for v in self._rows.state()}
+        with self._scope("save"):
+            return [v for v in state if id(v) not in lazy] + self._rows.saveables()
 
     def _average_lazily(self, found):
         """The `_rows.LazyRows` of `found`, `[(variable, average, writes, indices)]`."""
@@ -277,11 +268,7 @@ class ExponentialMovingAverager(Averager):
             return "lazy_rows=False"
         if options:
             return "lazy rows do not combine with %s=True" % " or ".join(options)
-        if self.options.decay ** self.options.every_n_steps < 1.0 / 16:
-            return ("decay ** every_n_steps is under 1/16: the scale would need rescaling "
-                    "(a pass over the table) at least every 16 updates")
         return None
-
 
     def _average_lazily(self, found):
         # The writes come before the global step's increment (of one): the

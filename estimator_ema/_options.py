@@ -15,12 +15,15 @@ SWA_NAME = "StochasticWeightAverage"
 DEBIAS_HELPERS = ("biased", "local_step")
 """The zero-debias helpers of an average: `<average>/biased`, `<average>/local_step`."""
 
-LAZY_SCALE = "lazy_scale"
-"""The scale of a lazy average (see `_rows`): `<average>/lazy_scale`."""
+LAZY_CLOCK = "lazy_clock"
+LAZY_ROW_CLOCK = "lazy_row_clock"
+"""A lazy average's clock and row clock (see `_rows`): `<average>/lazy_clock`,
+`<average>/lazy_row_clock`. Checkpoints hold neither."""
 
-HELPERS = DEBIAS_HELPERS + (LAZY_SCALE,)
+HELPERS = DEBIAS_HELPERS + (LAZY_CLOCK, LAZY_ROW_CLOCK, "lazy_scale")
 """Every helper variable an average may have, `<average>/<helper>`: the zero-debias
-helpers and a lazy average's scale."""
+helpers, a lazy average's clocks, and the scale that checkpoints of version 0.x
+hold for a lazy average (always 0 there: plain averages)."""
 
 
 def shadow_name(var_name, name):

@@ -1,43 +1,58 @@
 """Lazy exponential moving averages of sparsely written variables (embedding
-tables): exact per row, at a cost per step that follows the rows written.
+tables): exact per row, at a cost per step that follows the rows written, on
+one machine and on a parameter-server cluster whose tasks train at once.
 
 A training step that updates an embedding table through `IndexedSlices`
 gradients writes only the rows its batch looked up. Between two writes of a
 row its weight `w` is constant, and each update moves the row's average `a`
 toward it, `a - w <- d * (a - w)` (`d` the decay in effect; 1 on a step whose
-update is not due). So with a scale `S` that every update divides by `d`,
+update is not due). So with a clock `L` that every update advances by
+`-log(d)`, a row's average at clock `L` is
 
-    e = S * (a - w)
+    a(L) = w + (a_r - w) * exp(t_r - L)
 
-does not change for a row that no step writes, and a step that writes rows
-changes theirs by `S * (w_old - w_new)` (`S` before that step's division).
-The average variable holds `e` while training and `a = w + e / S` is read
-back whenever needed. Per step that is, for the rows written only: their old
-values (the forward pass's embedding lookup, or a gather before the write)
-and their averages' rows, read beside the forward pass; after the write a
-gather of the new rows and one scatter into the average; plus a division of
-`S`. Nothing is kept per row.
+where `a_r` is its average at clock `t_r`, the last time it was brought up to
+date, as long as `w` has not changed since. Each lazily averaged variable (or
+part of a partitioned one) keeps, beside it on its parameter server, `a_r` in
+the average variable, `t_r` in a float64 row clock `<average>/lazy_row_clock`
+and `L` in a float64 scalar `<average>/lazy_clock`. Before a step writes rows
+it brings their averages up to date (`a_r <- a(L)`, `t_r <- L`: "folds" them)
+and advances `L`; nothing runs after the writes, nothing touches an unwritten
+row, and nothing ever needs rescaling (`L` grows by `-log(d)` a step).
 
-`S` lives in a float64 scalar per lazy variable (or part), `<average>/lazy_scale`.
-0 means the average variable holds plain averages: as initialized, restored,
-or after `LazyRows.flush`, which runs before every checkpoint so that
-checkpoints hold the exact average of every row under the stock name. The
-first step after that converts (`e = a - w`, `S = 1`), and so does a step that
-finds `S` past `RESCALE_ABOVE` (`e = e / S`, `S = 1`) before `e` could
-overflow: both in one dense pass over the variable, rare.
+The state belongs to the rows, not to a task: a fold sets each row's
+`(a_r, t_r)` from the row's own weight and state, never adds a difference of
+weights, so when several tasks train at once (asynchronous workers) a write
+by another task between this task's embedding lookup and its own write is
+counted once. Its weight is read before its state (a write that the read
+sees was folded before it), the state is written row clock first and read
+average first, so an interleaving can only pair a row's average with a row
+clock a few steps newer: a deviation of the kind stock averaging's own races
+make, which decays with the average.
+
+Checkpoints hold plain averages under the stock names, computed when the
+Saver saves (`saveables`) without writing any variable: a chief saving while
+workers train races nothing into the state. Restoring sets `a_r` to the
+checkpoint's average and `t_r` to the current clock.
 """
 
 from estimator_ema._compat import IS_TF1, tf
 from estimator_ema._graphs import ancestors, writers
-from estimator_ema._options import LAZY_SCALE
+from estimator_ema._options import LAZY_CLOCK, LAZY_ROW_CLOCK
 from estimator_ema._variables import create_shadow, gather, read
+from estimator_ema.checkpoints import checkpoint_key
 
-RESCALE_ABOVE = 2.0 ** 64
-"""A step that finds a scale above this rescales first: `e` then stays under
-`2 ** 64 / (1 - decay)` times the largest change of a row, far from float32's
-overflow, whatever the run's length."""
+try:  # TF 1.15 and TF 2
+    from tensorflow.python.training.saving.saveable_object import SaveableObject, SaveSpec
+except ImportError:  # pragma: no cover
+    from tensorflow.python.training.saver import BaseSaverBuilder
+    SaveableObject, SaveSpec = BaseSaverBuilder.SaveableObject, BaseSaverBuilder.SaveSpec
 
 LAZY_DTYPES = (tf.float32, tf.float64)
+
+_LEAST_DECAY = 1e-300
+"""Decays are taken at least this for the clock, so that a decay of 0 advances
+it by a finite 690.8 (every older average then counts for exp(-690.8) = 0)."""
 
 
 def row_writes(variable, ran):
@@ -84,40 +99,120 @@ def unsupported(variable, average):
 
 
 class _Lazy(object):
-    """One lazily averaged variable: its average, its scale, and the rows the
-    step writes with their values before the writes.
+    """One lazily averaged variable (or part): its average, row clock and clock,
+    and the rows the step writes with their weights before the writes.
 
     The rows are the writes' indices, traced back through `Unique`, `Reshape`
     and `Identity` to a tensor the step computes early (a sparse gradient's
     indices, duplicates and all: every entry of a row computes the same
-    value), so that what comes before the writes runs beside the forward and
-    backward pass. Where the forward pass gathers the variable's rows at one
-    of those tensors before the writes (an embedding lookup), its rows are
-    the old values; elsewhere they are gathered."""
+    value), so that the fold runs beside the forward and backward pass. Where
+    the forward pass gathers the variable's rows at one of those tensors
+    before the writes (an embedding lookup), its rows are the weights;
+    elsewhere they are gathered."""
 
     def __init__(self, variable, average, writes, indices):
         self.variable, self.average, self.writes = variable, average, writes
-        self.scale = create_shadow(average, LAZY_SCALE, tf.constant(0.0, tf.float64),
+        self.clock = create_shadow(average, LAZY_CLOCK, tf.constant(0.0, tf.float64),
                                    use_resource=True)
+        self.row_clock = create_shadow(average, LAZY_ROW_CLOCK,
+                                       lambda: tf.zeros(variable.shape[:1], tf.float64),
+                                       use_resource=True)
         before = set.intersection(*[ancestors(op) for op in writes])
         traced = [_trace(i, variable, before) for i in indices]
-        flat = [_flat(i) for i, _ in traced]
-        if len({i.dtype for i in flat}) > 1:
-            flat = [tf.cast(i, tf.int64) for i in flat]
-        self.rows = flat[0] if len(flat) == 1 else tf.concat(flat, 0)
-        if all(looked_up is not None for _, looked_up in traced):
-            width = [-1] + variable.shape.as_list()[1:]
-            old = [tf.reshape(rows, width) for _, rows in traced]
-            self.old = old[0] if len(old) == 1 else tf.concat(old, 0)
-        else:
-            self.old = gather(variable, self.rows)
+        with _beside(average):
+            flat = [_flat(i) for i, _ in traced]
+            if len({i.dtype for i in flat}) > 1:
+                flat = [tf.cast(i, tf.int64) for i in flat]
+            self.rows = flat[0] if len(flat) == 1 else tf.concat(flat, 0)
+            if all(looked_up is not None for _, looked_up in traced):
+                width = [-1] + variable.shape.as_list()[1:]
+                old = [tf.reshape(rows, width) for _, rows in traced]
+                self.old = old[0] if len(old) == 1 else tf.concat(old, 0)
+            else:
+                self.old = gather(variable, self.rows)
+
+    def fold(self, increment):
+        """The ops that bring the rows' averages up to date and then advance the
+        clock by `increment` (float64): (the row clocks' and averages' writes,
+        the clock's)."""
+        with _beside(self.average):
+            with tf.control_dependencies([self.old]):
+                average = gather(self.average, self.rows)
+            with tf.control_dependencies([average]):
+                then = gather(self.row_clock, self.rows)
+            with tf.control_dependencies([then]):
+                now = read(self.clock)
+            plain = _at(self.old, average, then, now)
+            stamped = tf.raw_ops.ResourceScatterUpdate(
+                resource=self.row_clock.handle, indices=self.rows,
+                updates=tf.fill(tf.shape(self.rows), now))
+            with tf.control_dependencies([stamped]):
+                folded = tf.scatter_update(self.average, self.rows, plain)
+            with tf.control_dependencies([now]):
+                advanced = tf.raw_ops.AssignAddVariableOp(resource=self.clock.handle,
+                                                          value=increment)
+        return [stamped, _as_op(folded), advanced]
 
     def value(self):
-        """The average as a tensor: `a`, or `w + e / S` while scaled."""
-        scale = read(self.scale)
-        average = read(self.average)
-        return tf.where_v2(tf.equal(scale, 0.0), average,
-                           read(self.variable) + average / tf.cast(scale, average.dtype))
+        """The average as a tensor, every row brought up to date: the weights
+        read first (a copy), then the averages, the row clocks and the clock."""
+        with _beside(self.average):
+            weights = _copy(self.variable)
+            with tf.control_dependencies([weights]):
+                average = read(self.average)
+            with tf.control_dependencies([average]):
+                then = read(self.row_clock)
+            with tf.control_dependencies([then]):
+                now = read(self.clock)
+            return _at(weights, average, then, now)
+
+    def restore(self, value):
+        """An op that sets the average to `value` (plain) as of the clock now
+        (0 on a parameter server that has just started)."""
+        with _beside(self.average):
+            now = tf.cond(tf.raw_ops.VarIsInitializedOp(resource=self.clock.handle),
+                          lambda: read(self.clock), lambda: tf.constant(0.0, tf.float64))
+            value = tf.reshape(value, tf.shape(self.average))
+            return tf.group(tf.assign(self.average, value),
+                            tf.raw_ops.AssignVariableOp(resource=self.clock.handle, value=now),
+                            self._stamp_all(now))
+
+    def start(self):
+        """An op that dates every row's average (just set from its weight) now."""
+        with _beside(self.average):
+            return self._stamp_all(read(self.clock))
+
+    def _stamp_all(self, now):
+        return tf.raw_ops.AssignVariableOp(
+            resource=self.row_clock.handle,
+            value=tf.fill(tf.shape(self.row_clock), now))
+
+
+def _at(weights, average, then, now):
+    """`weights + (average - weights) * exp(then - now)`, row by row: the average
+    of rows dated `then`, at clock `now` (never extrapolated past `then`)."""
+    factor = tf.exp(tf.minimum(then - now, 0.0))
+    factor = tf.cast(factor, average.dtype.base_dtype)
+    factor = tf.reshape(factor, tf.concat([tf.shape(factor), tf.ones(
+        [average.shape.ndims - 1], tf.int32)], 0))
+    return weights + (average - weights) * factor
+
+
+def _copy(variable):
+    """The value of `variable` as of now, which later writes do not change (a
+    reference variable's read shares its buffer)."""
+    if hasattr(variable, "handle"):
+        return read(variable)
+    return tf.gather(variable.op.outputs[0], tf.range(tf.shape(variable)[0]))
+
+
+def _beside(average):
+    """Ops built in this context run where `average` lives (its parameter server)."""
+    return average.graph.colocate_with(average)
+
+
+def _as_op(item):
+    return item if isinstance(item, tf.Operation) else item.op
 
 
 def _trace(indices, variable, before):
@@ -160,76 +255,47 @@ class LazyRows(object):
     Build it while the training step's writes are still unordered, with the
     decay in effect after the step (and, with `every_n_steps`, whether its
     update is due) read from the global step before them. Before the writes,
-    beside the forward and backward pass, each step rescales if needed
-    (`guard`), reads the rows it will write, their averages and the scale,
-    and divides the scale; `update()` builds what runs after the writes: a
-    read of the rows written and a scatter into the averages.
+    beside the forward and backward pass, each step folds the rows it will
+    write (see `_Lazy.fold`) and advances each clock by `-log(decay)` (0 if
+    the update is not due); nothing runs after the writes.
     """
 
     def __init__(self, found, decay, due=None):
         """`found`: `[(variable, average, writes, indices)]`."""
         self.lazy = [_Lazy(*args) for args in found]
-        self.guard = tf.cond(self._scaled(), _true, self._rescale)
-        decay = tf.cast(decay, tf.float64)
-        before = [self.guard.op]
+        increment = -tf.math.log(tf.maximum(tf.cast(decay, tf.float64), _LEAST_DECAY))
+        if due is not None:
+            increment = tf.where_v2(due, increment, tf.constant(0.0, tf.float64))
         for lazy in self.lazy:
-            with tf.control_dependencies([self.guard]):
-                scale = read(lazy.scale)
-                lazy.scale_then = tf.cast(scale, lazy.average.dtype.base_dtype)
-                # e + S * w_old: the scatter after the writes subtracts S * w_new.
-                lazy.kept = gather(lazy.average, lazy.rows) + lazy.old * lazy.scale_then
-            divided = tf.assign(lazy.scale, scale / decay if due is None
-                                else tf.where_v2(due, scale / decay, scale))
-            before += [lazy.old.op, divided.op]
-        for lazy in self.lazy:
+            before = lazy.fold(increment)
             for op in lazy.writes:
                 for wait in before:
                     op._add_control_input(wait)
 
-    def _scaled(self):
-        """Whether every average is scaled, with its scale in range."""
-        scales = [read(lazy.scale) for lazy in self.lazy]
-        scales = scales[0] if len(scales) == 1 else tf.stack(scales)
-        scaled = tf.logical_and(scales >= 1.0, scales <= RESCALE_ABOVE)
-        return scaled if len(self.lazy) == 1 else tf.reduce_all(scaled)
-
-    def _rescale(self):
-        """`e <- a - w` where plain, `e <- e / S` where scaled; then `S <- 1`."""
-        written = []
-        for lazy in self.lazy:
-            scale = read(lazy.scale)
-            average = read(lazy.average)
-            written.append(tf.assign(lazy.average, tf.where_v2(
-                tf.equal(scale, 0.0), average - read(lazy.variable),
-                average / tf.cast(scale, average.dtype))))
-        with tf.control_dependencies(written):
-            ones = [tf.assign(lazy.scale, tf.constant(1.0, tf.float64)) for lazy in self.lazy]
-        with tf.control_dependencies(ones):
-            return tf.constant(True)
-
-    def update(self):
-        """The op that folds the step's row writes into the averages: built where
-        it runs after the writes."""
-        scatters = []
-        for lazy in self.lazy:
-            with tf.control_dependencies(lazy.writes):
-                new = gather(lazy.variable, lazy.rows)
-            scatters.append(tf.scatter_update(lazy.average, lazy.rows,
-                                              lazy.kept - new * lazy.scale_then))
-        return tf.group(*scatters)
-
-    def flush(self):
-        """An op that leaves plain averages in every average variable (`S = 0`)."""
-        with tf.control_dependencies([tf.assign(lazy.average, lazy.value())
-                                      for lazy in self.lazy]):
-            return self.start()
-
     def start(self):
-        """An op that marks every average plain (`S = 0`), for averages just set
-        from their weights."""
-        return tf.group(*[tf.assign(lazy.scale, tf.constant(0.0, tf.float64))
-                          for lazy in self.lazy])
+        """An op that dates every average (just set from its weight) now."""
+        return tf.group(*[lazy.start() for lazy in self.lazy])
+
+    def saveables(self):
+        """What Savers save instead of the lazy averages, row clocks and clocks:
+        per average (or part), a `SaveableObject` that saves its plain values
+        under its checkpoint key (a part as a slice of its variable's) and
+        restores them (see `_Lazy.restore`)."""
+        return [_Saveable(lazy) for lazy in self.lazy]
+
+    def state(self):
+        """Every variable the saveables stand for."""
+        return [v for lazy in self.lazy for v in (lazy.average, lazy.row_clock, lazy.clock)]
 
 
-def _true():
-    return tf.constant(True)
+class _Saveable(SaveableObject):
+    """The plain values of one lazy average (or part), on its device."""
+
+    def __init__(self, lazy):
+        self._lazy = lazy
+        info = lazy.average._get_save_slice_info()
+        spec = SaveSpec(lazy.value(), info.spec if info else "", checkpoint_key(lazy.average))
+        super(_Saveable, self).__init__(lazy.average, [spec], lazy.average.op.name)
+
+    def restore(self, restored_tensors, restored_shapes):
+        return self._lazy.restore(restored_tensors[0])

@@ -9,36 +9,40 @@ same settings, so that
 - a model_fn that put its own Saver in `SAVERS` still saves the averages, and
 - training that adds averaging to a model_dir whose checkpoints have none
   resumes from them, with the averages starting from the restored weights;
-- a checkpoint written without lazy rows (a lazy average's `lazy_scale`)
-  restores as one with them: its averages are plain, as a scale of 0 says.
+- a lazy average (see `_rows`) is saved as its plain values, computed as the
+  Saver saves, under the stock key: checkpoints hold no lazy bookkeeping, and
+  one written without lazy rows restores as one written with them.
 """
 
 import logging
 
-from estimator_ema import _options, _variables
+from estimator_ema import _variables
 from estimator_ema._compat import tf
+from estimator_ema._rows import SaveableObject
 from estimator_ema.checkpoints import checkpoint_key, saver_var_list
 
 logger = logging.getLogger("estimator_ema")
 
 
 class _Averaged(object):
-    """One averager's state: its variables, their checkpoint keys (lazy scales'
-    apart: a checkpoint may lack them), the ops that start it as a new run
-    does, and (once built) the Savers of the state alone, with and without
-    the scales."""
+    """One averager's state: its variables, what Savers save of them (`saved`:
+    lazy averages as saveables of their plain values) and its checkpoint
+    keys, the ops that start it as a new run does, and (once built) the
+    Saver of the state alone."""
 
     def __init__(self, averager, state):
         self.name = averager.options.name
         self.state = state
-        self.scales = [v for v in state if v.op.name.endswith("/" + _options.LAZY_SCALE)]
-        self.scale_keys = {checkpoint_key(v) for v in self.scales}
-        self.keys = {checkpoint_key(v) for v in state} - self.scale_keys
+        self.saved = averager.saveables(state)
+        self.keys = {_key(item) for item in self.saved}
         self.reset = tf.variables_initializer(state)
-        self.reset_scales = tf.variables_initializer(self.scales)
         self.start = averager.initialize_from_weights()
-        self.flush = averager.flush()
-        self.restorer = self.unscaled_restorer = None
+        self.restorer = None
+
+
+def _key(item):
+    """The checkpoint key of a variable or a saveable."""
+    return item.specs[0].name if isinstance(item, SaveableObject) else checkpoint_key(item)
 
 
 class AdoptingSaver(tf.train.Saver):
@@ -66,16 +70,15 @@ class AdoptingSaver(tf.train.Saver):
         """An AdoptingSaver with `saver`'s variables and settings that also saves
         the state of each of `averaged` (built now if `saver` has a var_list)."""
         var_list = saver._var_list
-        state = [v for a in averaged for v in a.state]
         if isinstance(var_list, dict):
-            listed = {id(v) for value in var_list.values()
-                      for v in (value if isinstance(value, list) else [value])}
-            var_list = dict(var_list)
-            var_list.update(saver_var_list((checkpoint_key(v), v) for v in state
-                                           if id(v) not in listed))
+            state = {id(v) for a in averaged for v in a.state}
+            var_list = _without(var_list, state)
+            var_list.update(saver_var_list((checkpoint_key(v), v) for a in averaged
+                                           for v in a.saved if not isinstance(v, SaveableObject)))
+            var_list.update((v.name, v) for a in averaged for v in a.saved
+                            if isinstance(v, SaveableObject))
         elif var_list is not None:
-            listed = {id(v) for v in var_list}
-            var_list = list(var_list) + [v for v in state if id(v) not in listed]
+            var_list = _with_state(var_list, averaged)
         return cls(var_list, averaged, reshape=saver._reshape, sharded=saver._sharded,
                    max_to_keep=saver._max_to_keep,
                    keep_checkpoint_every_n_hours=saver._keep_checkpoint_every_n_hours,
@@ -87,39 +90,25 @@ class AdoptingSaver(tf.train.Saver):
     def build(self):
         if self._is_built:
             return
+        if self._var_list is None:
+            self._var_list = _with_state(tf.global_variables()
+                                         + tf.get_collection(tf.GraphKeys.SAVEABLE_OBJECTS),
+                                         self._averaged)
         super(AdoptingSaver, self).build()
-        state = {id(v) for averaged in self._averaged for v in averaged.state}
-        self._model_restorer = self._restorer(_without(self._saveables(), state))
+        state = {id(v) for averaged in self._averaged for v in averaged.saved}
+        self._model_restorer = self._restorer(_without(self._var_list, state))
         for averaged in self._averaged:
-            averaged.restorer = self._restorer(averaged.state)
-            if averaged.scales:
-                averaged.unscaled_restorer = self._restorer(
-                    _without(averaged.state, {id(v) for v in averaged.scales}))
-
-    def _saveables(self):
-        if self._var_list is not None:
-            return self._var_list
-        return (tf.global_variables()
-                + tf.get_collection(tf.GraphKeys.SAVEABLE_OBJECTS))
+            averaged.restorer = self._restorer(averaged.saved)
 
     def _restorer(self, var_list):
         return tf.train.Saver(var_list, reshape=self._reshape, sharded=self._sharded,
                               restore_sequentially=self._restore_sequentially,
                               allow_empty=True, write_version=self._write_version)
 
-    def save(self, sess, *args, **kwargs):
-        """Leaves plain averages in every lazy average (see `_rows`), then saves."""
-        flushes = [a.flush for a in self._averaged if a.flush is not None]
-        if flushes:
-            sess.run(flushes)
-        return super(AdoptingSaver, self).save(sess, *args, **kwargs)
-
     def restore(self, sess, save_path):
         keys = self._keys(save_path)
         absent = [a for a in self._averaged if keys is not None and not a.keys & keys]
-        unscaled = [a for a in self._averaged
-                    if keys is not None and a not in absent and a.scale_keys - keys]
-        if not absent and not unscaled:
+        if not absent:
             return super(AdoptingSaver, self).restore(sess, save_path)
         self._model_restorer.restore(sess, save_path)
         for averaged in self._averaged:
@@ -129,9 +118,6 @@ class AdoptingSaver(tf.train.Saver):
                 logger.info("%s: checkpoint %s has no averages (it was written before "
                             "averaging began); training resumes from its weights and the "
                             "averages start from them.", averaged.name, save_path)
-            elif averaged in unscaled:
-                averaged.unscaled_restorer.restore(sess, save_path)
-                sess.run(averaged.reset_scales)
             else:
                 averaged.restorer.restore(sess, save_path)
         return None
@@ -145,6 +131,13 @@ class AdoptingSaver(tf.train.Saver):
             return set(tf.train.NewCheckpointReader(save_path).get_variable_to_shape_map())
         except (tf.errors.OpError, ValueError):
             return None
+
+
+def _with_state(var_list, averaged):
+    """The list `var_list` with each of `averaged`'s state as Savers save it
+    (in place of any of its variables already there)."""
+    state = {id(v) for a in averaged for v in a.state}
+    return _without(var_list, state) + [v for a in averaged for v in a.saved]
 
 
 def _without(var_list, excluded):

@@ -1,8 +1,10 @@
 """Lazy averages of embedding tables: exact in every checkpoint, every row."""
 
+import ast
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +14,6 @@ import pytest
 import tensorflow as tf
 
 import estimator_ema
-from estimator_ema import _rows
 from conftest import EMA, IS_TF1, keras_sgd, run_config, tf1
 from test_ordering import CheckpointReader, Recorder, check_every_checkpoint, ema_of
 
@@ -127,13 +128,20 @@ def check(recorder, reader, decay=0.8, every_n_steps=1, num_updates=True):
     return check_every_checkpoint(recorder, reader, oracle)
 
 
-def scale_keys(model_dir):
-    """The lazy averages' scales in the latest checkpoint, each checked to be 0:
-    checkpoints hold plain averages."""
-    keys = [k for k, _ in tf.train.list_variables(str(model_dir)) if k.endswith("/lazy_scale")]
-    for key in keys:
-        assert tf.train.load_variable(str(model_dir), key) == 0.0, key
-    return keys
+@pytest.fixture(autouse=True)
+def info_logs(caplog):
+    caplog.set_level(logging.INFO, logger="estimator_ema")
+
+
+def lazy_tables(caplog, model_dir=None):
+    """The variables that the log says are averaged lazily, in log order; with
+    a `model_dir`, checked first to hold no lazy bookkeeping in its latest
+    checkpoint (plain averages under the stock names only)."""
+    if model_dir is not None:
+        keys = [k for k, _ in tf.train.list_variables(str(model_dir))]
+        assert not [k for k in keys if "/lazy_" in k], keys
+    return [name for names in re.findall(r"(\[[^]]*\]) written only in rows, averaged lazily",
+                                         caplog.text) for name in ast.literal_eval(names)]
 
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
@@ -142,8 +150,7 @@ def test_lazy_rows_are_exact_in_every_checkpoint(tmp_path, how, optimizer, caplo
     caplog.set_level(logging.INFO, logger="estimator_ema")
     _, recorder, reader = train(tmp_path, how, optimizer)
     assert check(recorder, reader) == len(reader.saved)
-    assert scale_keys(tmp_path) == ["embedding/table/%s/lazy_scale" % EMA]
-    assert "['embedding/table'] written only in rows, averaged lazily" in caplog.text
+    assert lazy_tables(caplog, tmp_path) == ["embedding/table"]
 
 
 @pytest.mark.parametrize("num_updates", [True, False], ids=["warmup", "constant"])
@@ -151,14 +158,14 @@ def test_lazy_rows_are_exact_in_every_checkpoint(tmp_path, how, optimizer, caplo
 @pytest.mark.parametrize("parts", [0, 2], ids=["plain", "partitioned"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "ftrl", "keras"])
 @pytest.mark.parametrize("how", ["hook", "decorator"])
-def test_options_and_partitions(tmp_path, how, optimizer, parts, every_n_steps, num_updates):
+def test_options_and_partitions(tmp_path, caplog, how, optimizer, parts, every_n_steps,
+                                num_updates):
     _, recorder, reader = train(tmp_path, how, optimizer, parts=parts,
                                 every_n_steps=every_n_steps, num_updates=num_updates)
     assert check(recorder, reader, every_n_steps=every_n_steps,
                  num_updates=num_updates) == len(reader.saved)
-    keys = scale_keys(tmp_path)
-    assert keys == (["embedding/table/part_%d/%s/lazy_scale" % (i, EMA) for i in range(parts)]
-                    or ["embedding/table/%s/lazy_scale" % EMA])
+    assert lazy_tables(caplog, tmp_path) == (
+        ["embedding/table/part_%d" % i for i in range(parts)] or ["embedding/table"])
     # The partitioned table's average is saved whole, under the full name.
     assert tf.train.load_variable(str(tmp_path), "embedding/table/" + EMA).shape == (ROWS, DIM)
 
@@ -183,7 +190,7 @@ def test_helpers_see_exact_values_and_no_bookkeeping(tmp_path):
                                reader.saved[-1][1]["embedding/table"], rtol=1e-6)
     out = estimator_ema.write_averaged_checkpoint(str(tmp_path), str(tmp_path / "avg/model.ckpt"))
     keys = [k for k, _ in tf.train.list_variables(out)]
-    assert not [k for k in keys if "lazy_scale" in k or EMA in k]
+    assert not [k for k in keys if "lazy_" in k or EMA in k]
     np.testing.assert_allclose(tf.train.load_variable(out, "embedding/table"),
                                averages["embedding/table"], rtol=1e-6)
 
@@ -192,33 +199,30 @@ def test_helpers_see_exact_values_and_no_bookkeeping(tmp_path):
     (dict(lazy_rows=False), "lazy_rows=False"),
     (dict(zero_debias=True), "lazy rows do not combine with zero_debias=True"),
     (dict(skip_nonfinite=True), "lazy rows do not combine with skip_nonfinite=True"),
-    (dict(decay=0.05, num_updates=False), "decay ** every_n_steps is under 1/16"),
 ])
 def test_dense_when_asked_or_an_option_needs_it(tmp_path, caplog, options, reason):
-    caplog.set_level(logging.INFO, logger="estimator_ema")
     train(tmp_path, "hook", "sgd", steps=2, **options)
-    assert not scale_keys(tmp_path)
+    assert not lazy_tables(caplog, tmp_path)
     assert "['embedding/table'] written only in rows, averaged densely: %s" % reason in caplog.text
 
 
 def test_swa_averages_densely_and_says_so(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="estimator_ema")
     est = tf.estimator.Estimator(embedding_model_fn, str(tmp_path),
                                  params={"optimizer": "sgd", "parts": 0})
     est.train(ids_input_fn, steps=2,
               hooks=[estimator_ema.StochasticWeightAveragingHook(start_step=0)])
-    assert not scale_keys(tmp_path)
+    assert not lazy_tables(caplog, tmp_path)
     assert "averaged densely: stochastic weight averages are dense" in caplog.text
 
 
-def test_a_dense_write_keeps_the_dense_update(tmp_path):
+def test_a_dense_write_keeps_the_dense_update(tmp_path, caplog):
     # v1 Adam writes every row of the table: no lazy rows.
     OPTIMIZERS["adam"] = lambda: tf1.train.AdamOptimizer(0.1)
     try:
         _, recorder, reader = train(tmp_path, "hook", "adam", steps=3)
     finally:
         del OPTIMIZERS["adam"]
-    assert not scale_keys(tmp_path)
+    assert not lazy_tables(caplog, tmp_path)
     assert check(recorder, reader) == len(reader.saved)
 
 
@@ -229,29 +233,26 @@ def test_a_dense_write_keeps_the_dense_update(tmp_path):
     ({"lookup": "ref"}, "reference variables on TF 2 (its tf.cond cannot assign them)")]),
     ids=lambda value: value if isinstance(value, str) else "-".join(map(str, value.values())))
 def test_dense_where_lazy_rows_cannot_be_exact(tmp_path, caplog, params, reason):
-    caplog.set_level(logging.INFO, logger="estimator_ema")
     _, recorder, reader = train(tmp_path, "hook", "sgd", steps=4, params=params)
     assert "['embedding/table'] written only in rows, averaged densely: %s" % reason in caplog.text
-    assert not scale_keys(tmp_path)
+    assert not lazy_tables(caplog, tmp_path)
     if params.get("lookup") == "ref":  # (float16 and a step of two have no oracle here)
         assert check(recorder, reader) == len(reader.saved)
 
 
 @pytest.mark.parametrize("how", ["hook", "decorator"])
-def test_a_dense_write_in_update_ops_keeps_the_dense_update(tmp_path, how):
+def test_a_dense_write_in_update_ops_keeps_the_dense_update(tmp_path, caplog, how):
     _, recorder, reader = train(tmp_path, how, "sgd", steps=4, params={"update_op": True})
-    assert not scale_keys(tmp_path)
+    assert not lazy_tables(caplog, tmp_path)
     assert check(recorder, reader) == len(reader.saved)
 
 
 def test_a_scaffold_saver_keeps_the_dense_update(tmp_path, caplog):
     # Checkpoints written by a Saver the package cannot extend could not be made
     # to hold plain averages (this one, built before the hook, saves none).
-    caplog.set_level(logging.INFO, logger="estimator_ema")
     train(tmp_path, "hook", "sgd", steps=4, params={"saver": True})
-    assert "averaged lazily" not in caplog.text
+    assert not lazy_tables(caplog, tmp_path)
     assert "averaged densely: the graph has no default Saver to extend" in caplog.text
-    assert not scale_keys(tmp_path)
 
 
 def training_graph(device=None, **params):
@@ -270,29 +271,27 @@ def begin_hook(device=None):
     graph, _ = training_graph(device)
     with graph.as_default():
         estimator_ema.ExponentialMovingAverageHook(0.8).begin()
+    return graph
 
 
-@pytest.mark.parametrize("tf_config, reason", [
-    ({"cluster": {"chief": ["a:1"], "worker": ["b:1"], "ps": ["c:1"]},
-      "task": {"type": "chief", "index": 0}}, "2 tasks train at once (TF_CONFIG)"),
-    (None, "a variable on a parameter server without a TF_CONFIG cluster"),
-], ids=["two-workers", "ps-without-tf-config"])
-def test_clusters_where_steps_could_race_keep_the_dense_update(monkeypatch, caplog, tf_config,
-                                                               reason):
-    caplog.set_level(logging.INFO, logger="estimator_ema")
+@pytest.mark.parametrize("tf_config", [
+    {"cluster": {"chief": ["a:1"], "worker": ["b:1"], "ps": ["c:1"]},
+     "task": {"type": "chief", "index": 0}},
+    {"cluster": {"chief": ["a:1"], "ps": ["c:1"]}, "task": {"type": "chief", "index": 0}},
+    None,
+], ids=["two-training-tasks", "a-chief-alone", "ps-without-tf-config"])
+def test_tables_on_parameter_servers_are_lazy(monkeypatch, caplog, tf_config):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     if tf_config:
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
-    begin_hook(None if tf_config else "/job:ps/task:0")
-    assert "averaged densely: %s" % reason in caplog.text
-
-
-def test_a_chief_alone_with_parameter_servers_is_lazy(monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="estimator_ema")
-    monkeypatch.setenv("TF_CONFIG", json.dumps({
-        "cluster": {"chief": ["a:1"], "ps": ["c:1"]}, "task": {"type": "chief", "index": 0}}))
-    begin_hook("/job:ps/task:0")
-    assert "averaged lazily" in caplog.text
+    graph = begin_hook("/job:ps/task:0")
+    assert lazy_tables(caplog) == ["embedding/table"]
+    # The bookkeeping of rows runs beside the table, on its parameter server:
+    # only scalars (the decay) are computed elsewhere.
+    rows = [op for op in graph.get_operations() if op.name.startswith(EMA + "_rows/")
+            and (not op.outputs or any(t.shape.ndims != 0 for t in op.outputs))]
+    assert len(rows) > 10
+    assert [op.name for op in rows if op.device != "/job:ps/task:0"] == []
 
 
 def test_a_run_that_writes_a_lazy_table_otherwise_is_refused():
@@ -307,49 +306,43 @@ def test_a_run_that_writes_a_lazy_table_otherwise_is_refused():
 
 
 @pytest.mark.parametrize("how", ["hook", "decorator"])
-def test_rows_the_forward_pass_does_not_look_up_are_read_before_the_writes(tmp_path, how):
+def test_rows_the_forward_pass_does_not_look_up_are_read_before_the_writes(tmp_path, caplog,
+                                                                          how):
     # The table is gathered from a read of the whole of it: the old rows are
     # not an embedding lookup's, so the averager reads them itself.
     _, recorder, reader = train(tmp_path, how, "adagrad", params={"lookup": "read"})
     assert check(recorder, reader) == len(reader.saved)
-    assert scale_keys(tmp_path) == ["embedding/table/%s/lazy_scale" % EMA]
+    assert lazy_tables(caplog, tmp_path) == ["embedding/table"]
 
 
+@pytest.mark.parametrize("decay", [0.05, 0.0])
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
 @pytest.mark.parametrize("how", ["hook", "decorator"])
-def test_rescaling_keeps_every_checkpoint_exact(tmp_path, monkeypatch, how, optimizer):
-    # A scale grows by 1 / decay a step; past the bound the next step rescales
-    # (and a checkpoint leaves plain averages, a scale of 0).
-    monkeypatch.setattr(_rows, "RESCALE_ABOVE", 2.0)
-    _, recorder, reader = train(tmp_path, how, optimizer, steps=25, num_updates=False,
-                                save_steps=8)
-    scales = [values["embedding/table/%s/lazy_scale" % EMA] for _, values in recorder.record]
-    assert check(recorder, reader, num_updates=False) == len(reader.saved) >= 4
-    # Without rescaling the scale would reach 1.25 ** 8 = 6 between checkpoints.
-    assert 1.0 < max(scales) <= 2.0 / 0.8
-    rescaled = [i for i in range(1, len(scales)) if 0 < scales[i] < scales[i - 1]]
-    assert len(rescaled) >= 3, scales
+def test_any_decay_is_lazy_and_exact(tmp_path, caplog, how, optimizer, decay):
+    # The clock advances by -log(decay) a step and is never rescaled: a small
+    # decay, even 0, over many steps stays exact.
+    _, recorder, reader = train(tmp_path, how, optimizer, steps=25, decay=decay,
+                                num_updates=False, save_steps=8)
+    assert check(recorder, reader, decay=decay, num_updates=False) == len(reader.saved) >= 4
+    assert lazy_tables(caplog, tmp_path) == ["embedding/table"]
 
 
 def test_two_averages_of_one_table_are_both_lazy_and_exact(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="estimator_ema")
     fast = CheckpointReader(tmp_path, "Fast")
     est, recorder, reader = train(tmp_path, "decorator", "adagrad", saving_listeners=[fast],
                                   hooks=[estimator_ema.ExponentialMovingAverageHook(
                                       0.5, name="Fast")])
-    assert caplog.text.count("['embedding/table'] written only in rows, averaged lazily") == 2
+    assert lazy_tables(caplog, tmp_path) == ["embedding/table"] * 2
     assert check(recorder, reader) == len(reader.saved)
     assert check(recorder, fast, decay=0.5) == len(fast.saved) == len(reader.saved)
-    assert scale_keys(tmp_path) == ["embedding/table/%s/lazy_scale" % name
-                                    for name in sorted([EMA, "Fast"])]
 
 
 @pytest.mark.parametrize("first, then", [(False, True), (True, False)],
                          ids=["dense-then-lazy", "lazy-then-dense"])
 def test_a_run_resumes_exactly_when_lazy_rows_are_switched(tmp_path, caplog, first, then):
-    caplog.set_level(logging.INFO, logger="estimator_ema")
     est, recorder, reader = train(tmp_path, "hook", "adagrad", steps=5, lazy_rows=first)
-    assert bool(scale_keys(tmp_path)) == first
+    assert bool(lazy_tables(caplog, tmp_path)) == first
+    caplog.clear()
     resumed, more = Recorder(), CheckpointReader(tmp_path, EMA)
     est.train(ids_input_fn, steps=4, saving_listeners=[more], hooks=[
         estimator_ema.ExponentialMovingAverageHook(0.8, lazy_rows=then), resumed])
@@ -358,7 +351,7 @@ def test_a_run_resumes_exactly_when_lazy_rows_are_switched(tmp_path, caplog, fir
     recorder.record += resumed.record[1:]
     reader.saved += more.saved
     assert check(recorder, reader) == len(reader.saved) >= 6
-    assert bool(scale_keys(tmp_path)) == then
+    assert bool(lazy_tables(caplog, tmp_path)) == then
 
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts",
@@ -367,7 +360,7 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts",
 
 @pytest.mark.parametrize("how", ["hook", "decorator"])
 def test_a_run_killed_after_a_checkpoint_resumes_exactly(tmp_path, how):
-    # Killed right after step 5: the last checkpoint is step 4, flushed.
+    # Killed right after step 5: the last checkpoint is step 4.
     result = subprocess.run([sys.executable, SCRIPT, str(tmp_path), how + "-embedding", "20",
                              "5"], capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
@@ -418,10 +411,10 @@ def canned(kind, model_dir):
 
 
 @pytest.mark.parametrize("kind", ["v2_linear", "v1_linear", "v2_dnn", "v1_dnn"])
-def test_canned_estimators_tables_are_lazy_and_exact(tmp_path, kind):
+def test_canned_estimators_tables_are_lazy_and_exact(tmp_path, caplog, kind):
     recorder, reader = Recorder(), CheckpointReader(tmp_path, EMA)
     canned(kind, str(tmp_path)).train(
         canned_input_fn, steps=7, saving_listeners=[reader],
         hooks=[estimator_ema.ExponentialMovingAverageHook(0.8), recorder])
     assert check(recorder, reader) == len(reader.saved) == 5
-    assert len(scale_keys(tmp_path)) == 1
+    assert len(lazy_tables(caplog, tmp_path)) == 1
