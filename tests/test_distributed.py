@@ -19,7 +19,8 @@ from conftest import IS_TF1, DATA, ema_oracle, estimator, load, sgd_weights
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "cluster_task.py")
 EMA = "ExponentialMovingAverage"
-STEPS = {"hook": 400, "decorator": 400, "sync": 100, "embedding": 200}
+STEPS = {"hook": 400, "decorator": 400, "sync": 100, "embedding": 200, "lazy-hook": 300,
+         "lazy-decorator": 300}
 
 
 def _free_ports(count):
@@ -33,19 +34,41 @@ def _free_ports(count):
             s.close()
 
 
+class Cluster(dict):
+    """`{"<task><index>": its process}` of a running cluster; `kill` and `start`
+    one task (started again with the same TF_CONFIG, address and log)."""
+
+    def __init__(self, spec, model_dir, mode, tmp_path, env=None):
+        super(Cluster, self).__init__()
+        self._spec, self._args, self._tmp_path = spec, (model_dir, mode), tmp_path
+        self._env = env or {}
+
+    def start(self, name):
+        task, index = name.rstrip("0123456789"), int(name[len(name.rstrip("0123456789")):])
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+            {"cluster": self._spec, "task": {"type": task, "index": index}}), **self._env)
+        log = open(str(self._tmp_path / (name + ".log")), "a")
+        model_dir, mode = self._args
+        self[name] = subprocess.Popen(
+            [sys.executable, SCRIPT, str(model_dir), mode, str(STEPS[mode])],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self, name):
+        self[name].kill()
+        self[name].wait()
+
+
 @contextlib.contextmanager
-def cluster(model_dir, mode, tmp_path, ps_tasks=1):
-    addresses = ["127.0.0.1:%d" % p for p in _free_ports(ps_tasks + 2)]
-    spec = {"ps": addresses[2:], "chief": [addresses[0]], "worker": [addresses[1]]}
-    processes = {}
+def cluster(model_dir, mode, tmp_path, ps_tasks=1, workers=1, env=None):
+    addresses = ["127.0.0.1:%d" % p for p in _free_ports(ps_tasks + 1 + workers)]
+    spec = {"ps": addresses[1 + workers:], "chief": [addresses[0]]}
+    if workers:
+        spec["worker"] = addresses[1:1 + workers]
+    processes = Cluster(spec, model_dir, mode, tmp_path, env)
     try:
-        for task, index in [("ps", i) for i in range(ps_tasks)] + [("chief", 0), ("worker", 0)]:
-            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
-                {"cluster": spec, "task": {"type": task, "index": index}}))
-            log = open(str(tmp_path / ("%s%d.log" % (task, index))), "w")
-            processes[task if task != "ps" else "ps%d" % index] = subprocess.Popen(
-                [sys.executable, SCRIPT, str(model_dir), mode, str(STEPS[mode])],
-                env=env, stdout=log, stderr=subprocess.STDOUT)
+        for name in (["ps%d" % i for i in range(ps_tasks)] + ["chief0"]
+                     + ["worker%d" % i for i in range(workers)]):
+            processes.start(name)
         yield processes
     finally:
         for process in processes.values():
@@ -58,10 +81,10 @@ def _wait_for(predicate, processes, tmp_path, timeout=240):
     while time.time() < deadline:
         if predicate():
             return
-        for task in ("chief", "worker"):
+        for task in [t for t in processes if not t.startswith("ps")]:
             code = processes[task].poll()
             if code not in (None, 0):
-                log = (tmp_path / (task + "0.log")).read_text()
+                log = (tmp_path / (task + ".log")).read_text()
                 pytest.fail("%s exited with %s:\n%s" % (task, code, log[-3000:]))
         time.sleep(0.5)
     pytest.fail("the cluster did not finish in %d s" % timeout)
@@ -143,6 +166,93 @@ def test_partitioned_embedding_on_two_parameter_servers(tmp_path):
     assert abs(loss("/" + EMA) - loss("")) > 1e-7
 
 
+def _saved(record, name):
+    """`{global step: array}` of the arrays recorded as `<name>_<step>`."""
+    return {int(key.rpartition("_")[2]): value for key, value in record.items()
+            if key.rpartition("_")[0] == name}
+
+
+def _lazy_run(tmp_path, how, workers, fault=None, **options):
+    """Trains the lazy-rows model on a cluster of two ps, a chief and `workers`
+    workers, with the averaging `options` (decay 0.9); returns the chief's
+    record (the table after every step of the chief's; ours, stock's and the
+    table in every checkpoint) and its log. With `fault`, that task is killed
+    once a checkpoint after step 100 is written, and started again."""
+    model_dir = tmp_path / "model"
+    record = model_dir / "record.npz"
+    env = {"LAZY_OPTIONS": json.dumps(options)}
+    with cluster(model_dir, "lazy-" + how, tmp_path, ps_tasks=2, workers=workers,
+                 env=env) as processes:
+        if fault:
+            def written():
+                path = tf.train.latest_checkpoint(str(model_dir))
+                return path is not None and int(path.rpartition("-")[2]) >= 100
+            _wait_for(written, processes, tmp_path)
+            time.sleep(0.3)
+            processes.kill(fault)
+            processes.start(fault)
+        _wait_for(record.exists, processes, tmp_path)
+        time.sleep(0.5)
+    with np.load(str(record)) as arrays:
+        return dict(arrays), (tmp_path / "chief0.log").read_text()
+
+
+def _exact_from_first_checkpoint(record, decay=0.9, num_updates=False, every_n_steps=1):
+    """Checks every checkpoint the chief recorded against a numpy EMA of the
+    weights after every step, from the averages in its first one; returns the
+    checkpoints' steps."""
+    weights, ours = _saved(record, "weights"), _saved(record, EMA)
+    first, last = min(ours), max(ours)
+    assert sorted(s for s in weights if s >= first) == list(range(first, last + 1))
+    average = ours[first].astype(np.float64)
+    for step in range(first + 1, last + 1):
+        if step % every_n_steps == 0:
+            d = min(decay, (1.0 + step) / (10.0 + step)) if num_updates else decay
+            average += (weights[step] - average) * (1 - d ** every_n_steps)
+        if step in ours:
+            np.testing.assert_allclose(ours[step], average, rtol=1e-5, atol=1e-6,
+                                       err_msg="checkpoint %d" % step)
+    return sorted(ours)
+
+
+@pytest.mark.parametrize("how, options", [
+    ("hook", dict(num_updates=False)),
+    ("decorator", dict(num_updates=False)),
+    ("hook", dict(num_updates=True, every_n_steps=3)),
+], ids=["hook", "decorator", "hook-num_updates-every_3"])
+def test_one_training_task_averages_a_partitioned_table_lazily_and_exactly(tmp_path, how,
+                                                                          options):
+    record, log = _lazy_run(tmp_path, how, workers=0, **options)
+    assert "['emb/part_0', 'emb/part_1'] written only in rows, averaged lazily" in log
+    steps = _exact_from_first_checkpoint(record, **options)
+    assert steps[0] == 0 and steps[-1] == STEPS["lazy-" + how] and len(steps) >= 10
+    weights, stock = _saved(record, "weights"), _saved(record, "Stock")
+    # The averages start from the weights training starts from.
+    np.testing.assert_array_equal(_saved(record, EMA)[0], weights[0])
+    if options["num_updates"] or IS_TF1:
+        # (On TF 1.15 stock's update, built under tf.control_dependencies([apply]),
+        # reads the weights from before the apply in some steps: seen here.)
+        return
+    average = weights[0].astype(np.float64)
+    for step in range(1, steps[-1] + 1):
+        average += (weights[step] - average) * (1 - 0.9)
+        if step in stock:
+            np.testing.assert_allclose(stock[step], average, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fault", ["chief0", "ps1"])
+def test_averages_go_on_exactly_from_the_last_checkpoint_when_a_task_is_killed(tmp_path,
+                                                                               fault):
+    # The chief started again restores the last checkpoint onto the live ps;
+    # a ps started again is empty, and the chief's session, started again,
+    # restores the last checkpoint onto it.
+    record, log = _lazy_run(tmp_path, "hook", workers=0, fault=fault, num_updates=False)
+    steps = _exact_from_first_checkpoint(record)
+    assert steps[-1] == STEPS["lazy-hook"]
+    assert steps[0] >= 100 if fault == "chief0" else steps[0] == 0
+    assert load(tmp_path / "model", "global_step") == STEPS["lazy-hook"]
+
+
 def test_sync_replicas_optimizer_updates_the_average_once_per_global_step(tmp_path):
     model_dir = tmp_path / "model"
     final = model_dir / ("model.ckpt-%d.index" % STEPS["sync"])
@@ -191,3 +301,31 @@ def test_decorator_fails_fast_on_several_mirrored_replicas(model_dir):
     assert ("with_ema / with_swa support a tf.distribute strategy over one replica only "
             "(got MirroredStrategy over 2 replicas)") in result.stderr
     assert time.time() - started < 120
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_asynchronous_workers_average_lazily_as_stock_does(tmp_path, how):
+    # Three tasks train at once, half their lookups on 4 hot rows, with stock
+    # dense averaging beside ours in the same graph. Stock's updates race the
+    # other tasks' writes as ours do, and a checkpoint taken while the tasks
+    # train reads ours and stock's at different moments: each such race moves
+    # an average by at most (1 - decay) times one write's change of a row.
+    # Nothing is counted twice and nothing accumulates: every checkpoint is
+    # within three such races of stock, and the last one, written once every
+    # task has stopped, within one race of the last steps' writes.
+    record, log = _lazy_run(tmp_path, how, workers=2, num_updates=False)
+    assert "['emb/part_0', 'emb/part_1'] written only in rows, averaged lazily" in log
+    ours, stock, weights = (_saved(record, name) for name in (EMA, "Stock", "weights"))
+    steps = sorted(weights)
+    moves = [np.abs(weights[b] - weights[a]).max() for a, b in zip(steps, steps[1:])]
+    assert len(ours) >= 10
+    for step in sorted(ours):
+        gap = np.abs(ours[step] - stock[step]).max()
+        assert gap <= 3 * (1 - 0.9) * max(moves), (step, gap, max(moves))
+    last = max(ours)
+    assert np.abs(ours[last] - stock[last]).max() <= (1 - 0.9) * max(moves[-30:])
+    global_step = load(tmp_path / "model", "global_step")
+    assert global_step == last
+    reports = [_report(tmp_path / "model", task) for task in ("chief0", "worker0", "worker1")]
+    assert all(r["steps"] > 20 for r in reports)
+    assert global_step == sum(r["steps"] for r in reports)
