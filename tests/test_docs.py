@@ -1,14 +1,27 @@
-"""Every public name is documented in the Google style the README promises."""
+"""The documentation: every public name has a Google-style docstring and an API
+page, and the code of every page runs (or says why it cannot)."""
 
+import glob
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 import estimator_ema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(REPO, "docs")
 PUBLIC = [name for name in estimator_ema.__all__ if not name.startswith("__")]
+PAGES = sorted(os.path.relpath(path, DOCS)
+               for path in glob.glob(os.path.join(DOCS, "**", "*.md"), recursive=True))
+# A fenced block: its opening line (with what stands right before it) and its text.
+BLOCK = re.compile(r"(?:<!-- not run: (?P<reason>[^>]*?) -->\n)?^```(?P<lang>\w*)\n"
+                   r"(?P<code>.*?)^```$", re.S | re.M)
+SNIPPET = re.compile(r'^--8<-- "(?P<name>[^"]+)"$', re.M)
+RUN = {"python": lambda code: code,
+       "bash": lambda code: "subprocess.run(['bash', '-ec', %r], check=True)\n" % code}
 
 
 @pytest.mark.parametrize("name", PUBLIC)
@@ -34,3 +47,52 @@ def test_quickstart_has_two_blocks_and_ci_runs_its_test_command():
     assert test_command == ".venv/bin/pytest"
     with open(os.path.join(REPO, ".ci", "run")) as handle:
         assert "&& pytest)" in handle.read()
+
+
+def _blocks(page):
+    """`(language, code, reason not run or None)` of each fenced block of `page`,
+    with `--8<-- "name"` lines replaced by `docs/snippets/<name>` as MkDocs does."""
+    with open(os.path.join(DOCS, page)) as handle:
+        text = handle.read()
+    return [(m.group("lang"), SNIPPET.sub(_snippet, m.group("code")), m.group("reason"))
+            for m in BLOCK.finditer(text)]
+
+
+def _snippet(match):
+    with open(os.path.join(DOCS, "snippets", match.group("name"))) as handle:
+        return handle.read()
+
+
+def _script(page):
+    """The page's runnable blocks, in order, as one Python program."""
+    parts = ["import subprocess\n"]
+    for lang, code, reason in _blocks(page):
+        if lang in RUN and reason is None:
+            parts.append(RUN[lang](code))
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_public_name_has_an_api_page(name):
+    module = estimator_ema._MODULES[name]
+    with open(os.path.join(DOCS, "api", name + ".md")) as handle:
+        assert "::: estimator_ema.%s.%s\n" % (module, name) in handle.read()
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_code_block_is_run_or_says_why_not(page):
+    for lang, code, reason in _blocks(page):
+        assert lang in ("python", "bash", "text"), (
+            "%s: a block needs a language: python or bash (run), text (output)" % page)
+        assert reason is None or reason.strip(), "%s: say why a block is not run" % page
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if _script(p).count("\n") > 1])
+def test_page_code_runs(page, tmp_path):
+    """Each page's code in a fresh interpreter, in an empty directory, on the
+    installed package; the console script `estimator-ema` on the PATH."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+               + os.environ.get("PATH", ""))
+    result = subprocess.run([sys.executable, "-c", _script(page)], capture_output=True,
+                            text=True, timeout=600, cwd=str(tmp_path), env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
