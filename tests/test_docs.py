@@ -96,3 +96,25 @@ def test_page_code_runs(page, tmp_path):
     result = subprocess.run([sys.executable, "-c", _script(page)], capture_output=True,
                             text=True, timeout=600, cwd=str(tmp_path), env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+
+
+def _readme_section(title):
+    with open(os.path.join(REPO, "README.md")) as handle:
+        text = handle.read()
+    return re.search(r"^## %s$(.*?)(?=^## |\Z)" % title, text, re.S | re.M).group(1)
+
+
+def test_readme_is_the_front_door_into_every_guide():
+    with open(os.path.join(REPO, "README.md"), "rb") as handle:
+        assert len(handle.read()) <= 12 * 1024
+    linked = set(re.findall(r"\]\(docs/([^)#]+)\)", _readme_section("Documentation")))
+    assert linked == {p for p in PAGES if p.startswith("guides/")} | {
+        "examples.md", "troubleshooting.md", "api/index.md"}
+
+
+def test_ci_builds_the_docs_as_the_readme_says():
+    commands = "".join(re.findall(r"```bash\n(.*?)```", _readme_section("Development"), re.S))
+    assert "pip install '.[docs]'" in commands
+    assert "mkdocs build --strict" in commands
+    with open(os.path.join(REPO, ".ci", "run")) as handle:
+        assert "\nbuild_docs docs-py311\n" in handle.read()
