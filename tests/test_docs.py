@@ -1,6 +1,7 @@
 """The documentation: every public name has a Google-style docstring and an API
 page, and the code of every page runs (or says why it cannot)."""
 
+import ast
 import glob
 import os
 import re
@@ -20,6 +21,7 @@ PAGES = sorted(os.path.relpath(path, DOCS)
 BLOCK = re.compile(r"(?:<!-- not run: (?P<reason>[^>]*?) -->\n)?^```(?P<lang>\w*)\n"
                    r"(?P<code>.*?)^```$", re.S | re.M)
 SNIPPET = re.compile(r'^--8<-- "(?P<name>[^"]+)"$', re.M)
+PACKAGE = os.path.dirname(os.path.abspath(estimator_ema.__file__))
 RUN = {"python": lambda code: code,
        "bash": lambda code: "subprocess.run(['bash', '-ec', %r], check=True)\n" % code}
 
@@ -118,3 +120,41 @@ def test_ci_builds_the_docs_as_the_readme_says():
     assert "mkdocs build --strict" in commands
     with open(os.path.join(REPO, ".ci", "run")) as handle:
         assert "\nbuild_docs docs-py311\n" in handle.read()
+
+
+def _error_messages():
+    """`(where, message)` of each error message in the installed package: the
+    literal first argument of a `...Error(...)` call, and each literal that a
+    `..._message()` function returns; `%s`, `%r` and `%d` stand for values."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(PACKAGE, "*.py"))):
+        with open(path) as handle:
+            tree = ast.parse(handle.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and node.args and _name(node.func).endswith("Error"):
+                messages = [node.args[0]]
+            elif isinstance(node, ast.FunctionDef) and node.name.endswith("_message"):
+                messages = [n.value for n in ast.walk(node) if isinstance(n, ast.Return)]
+            else:
+                continue
+            for message in messages:
+                if isinstance(message, ast.BinOp):  # "..." % values
+                    message = message.left
+                if isinstance(message, ast.Constant) and isinstance(message.value, str):
+                    found.append(("%s:%d" % (os.path.basename(path), message.lineno),
+                                  message.value))
+    return found
+
+
+def _name(func):
+    return getattr(func, "id", None) or getattr(func, "attr", "")
+
+
+@pytest.mark.parametrize("where, message", _error_messages(),
+                         ids=[where for where, _ in _error_messages()])
+def test_every_error_message_is_on_the_troubleshooting_page(where, message):
+    with open(os.path.join(DOCS, "troubleshooting.md")) as handle:
+        page = " ".join(handle.read().split())
+    for piece in re.split(r"%[rsd]", message):
+        piece = " ".join(piece.split())
+        assert len(piece) < 13 or piece in page, (where, piece)
