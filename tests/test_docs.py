@@ -140,14 +140,25 @@ def _error_messages():
             for message in messages:
                 if isinstance(message, ast.BinOp):  # "..." % values
                     message = message.left
-                if isinstance(message, ast.Constant) and isinstance(message.value, str):
-                    found.append(("%s:%d" % (os.path.basename(path), message.lineno),
-                                  message.value))
+                text = _string(message)
+                if text is not None:
+                    found.append(("%s:%d" % (os.path.basename(path), message.lineno), text))
     return found
+
+
+def _string(node):
+    """The value of a string literal (`ast.Str` on Python 3.7), else None."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    return node.s if sys.version_info < (3, 8) and isinstance(node, ast.Str) else None
 
 
 def _name(func):
     return getattr(func, "id", None) or getattr(func, "attr", "")
+
+
+def test_the_error_messages_are_found():
+    assert len(_error_messages()) > 50
 
 
 @pytest.mark.parametrize("where, message", _error_messages(),
