@@ -42,6 +42,10 @@ setup(
         "tf1": TF1,
         "test": ["pytest>=6", "tf-slim>=1.1", "matplotlib"],
         "plot": ["matplotlib"],
+        # The documentation site (mkdocs build --strict), on Python 3.11; mkdocstrings
+        # lays out the API pages' signatures with ruff.
+        "docs": ["mkdocs==1.6.1", "mkdocs-material==9.8.2", "mkdocstrings[python]==1.0.8",
+                 "mkdocstrings-python==2.0.11", "griffelib==2.4.1", "ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["estimator-ema=estimator_ema.cli:main"]},
     classifiers=[

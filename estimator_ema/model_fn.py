@@ -87,9 +87,16 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
         optionally `params` and/or `config`, returning an `EstimatorSpec` or a
         `TPUEstimatorSpec`; or an Estimator (not a TPUEstimator); omit it to
         get a decorator (which takes either).
-      decay, num_updates, zero_debias, variables, include, exclude,
-      every_n_steps, name, skip_nonfinite, lazy_rows: as for
-        `ExponentialMovingAverageHook`.
+      decay: as for `ExponentialMovingAverageHook`.
+      num_updates: as for `ExponentialMovingAverageHook`.
+      zero_debias: as for `ExponentialMovingAverageHook`.
+      variables: as for `ExponentialMovingAverageHook`.
+      include: as for `ExponentialMovingAverageHook`.
+      exclude: as for `ExponentialMovingAverageHook`.
+      every_n_steps: as for `ExponentialMovingAverageHook`.
+      name: as for `ExponentialMovingAverageHook`.
+      skip_nonfinite: as for `ExponentialMovingAverageHook`.
+      lazy_rows: as for `ExponentialMovingAverageHook`.
       evaluate_with: "averages", "weights" or "both".
 
     Returns:
@@ -137,8 +144,12 @@ def with_swa(model_fn=None, *, start_step, average_period=1, variables=None, inc
     Args:
       model_fn: the model_fn to decorate, or an Estimator, as for `with_ema`;
         omit it to get a decorator.
-      start_step, average_period, variables, include, exclude, name: as for
-        `StochasticWeightAveragingHook`.
+      start_step: as for `StochasticWeightAveragingHook`.
+      average_period: as for `StochasticWeightAveragingHook`.
+      variables: as for `StochasticWeightAveragingHook`.
+      include: as for `StochasticWeightAveragingHook`.
+      exclude: as for `StochasticWeightAveragingHook`.
+      name: as for `StochasticWeightAveragingHook`.
       evaluate_with: "averages", "weights" or "both", as for `with_ema`.
 
     Returns:
