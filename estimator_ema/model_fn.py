@@ -8,7 +8,7 @@ import sys
 from estimator_ema import _averaging, _options, _swa
 from estimator_ema._compat import ESTIMATOR_CLASSES, tf, tf_estimator
 from estimator_ema._distribution import check_decorator_strategy
-from estimator_ema._graphs import ancestors, training_step
+from estimator_ema._graphs import ancestors, training_ops, training_step
 from estimator_ema._savers import adopting_train_spec
 from estimator_ema._scaffolds import AveragesSaver, replace_scaffold
 from estimator_ema.checkpoints import checkpoint_key, saver_var_list
@@ -281,7 +281,11 @@ def _with_scaffold(spec, change):
 def _train_spec(spec, averager):
     graph = tf.get_default_graph()
     extra, ran = training_step(graph, ancestors(spec.train_op))
-    averager.average_rows_lazily(ran)
+    # Lazy rows are woven around the writes wherever they run: with
+    # SyncReplicasOptimizer, in the chief's queue runner, whose update no
+    # train op runs.
+    averager.average_rows_lazily(ran | ancestors(training_ops(averager.global_step,
+                                                              averager.variables)))
     train_op = averager.update(after=[spec.train_op] + extra)
     if not _is_tpu_spec(spec):
         # Summary ops cannot run inside a TPU computation.

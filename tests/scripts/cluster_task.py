@@ -6,7 +6,9 @@ MODE: hook, decorator, sync (the linear model); embedding (the hook on a model
 with a partitioned embedding table); lazy-hook, lazy-decorator (lazy rows of a
 table partitioned over the parameter servers, with hot rows, and stock
 `ExponentialMovingAverage` beside it under the name "Stock"; the averaging's
-options as JSON in the environment variable LAZY_OPTIONS).
+options as JSON in the environment variable LAZY_OPTIONS; with LAZY_SYNC set,
+a SyncReplicasOptimizer over the chief and one worker, whose own averaging
+is "Stock").
 
 Runs tf.estimator.train_and_evaluate (a parameter server blocks in it until
 killed). Each training task writes MODEL_DIR/<task>.json with the steps it ran
@@ -95,10 +97,12 @@ def lazy_input_fn():
     return tf.data.Dataset.from_tensor_slices(({"ids": ids}, labels)).batch(8).repeat()
 
 
-def lazy_model_fn(features, labels, mode, params):
+def lazy_model_fn(features, labels, mode, params, config):
     """A table in two parts, one per parameter server, trained by Adagrad; in
     TRAIN, stock dense `ExponentialMovingAverage` named "Stock" updates after
-    the apply and before the global step's increment."""
+    the apply and before the global step's increment. With params["sync"], a
+    SyncReplicasOptimizer over the chief and one worker applies the aggregated
+    gradients, and its own `variable_averages` update "Stock"."""
     table = tf1.get_variable("emb", [LAZY_ROWS, LAZY_DIM],
                              initializer=tf1.random_normal_initializer(seed=1),
                              partitioner=tf1.fixed_size_partitioner(2))
@@ -109,9 +113,17 @@ def lazy_model_fn(features, labels, mode, params):
         return tf.estimator.EstimatorSpec(mode, loss=loss, predictions={"y": predictions})
     step = tf1.train.get_or_create_global_step()
     parts = list(table)
+    stock = tf1.train.ExponentialMovingAverage(LAZY_DECAY, name="Stock")
+    if params.get("sync"):
+        optimizer = tf1.train.SyncReplicasOptimizer(
+            tf1.train.AdagradOptimizer(0.5), replicas_to_aggregate=REPLICAS,
+            total_num_replicas=REPLICAS, variable_averages=stock, variables_to_average=parts)
+        train_op = optimizer.apply_gradients(zip(tf.gradients(loss, parts), parts), step)
+        return tf.estimator.EstimatorSpec(
+            mode, loss=loss, train_op=train_op,
+            training_hooks=[optimizer.make_session_run_hook(config.is_chief)])
     apply = tf1.train.AdagradOptimizer(0.5).apply_gradients(
         zip(tf.gradients(loss, parts), parts))
-    stock = tf1.train.ExponentialMovingAverage(LAZY_DECAY, name="Stock")
     with tf.control_dependencies([apply]):
         averaged = stock.apply(parts)
     with tf.control_dependencies([averaged]):
@@ -213,7 +225,8 @@ def main(model_dir, mode, max_steps):
     workers = ["worker%d" % i for i in range(
         len(json.loads(os.environ["TF_CONFIG"])["cluster"].get("worker") or []))]
     wait_for = ([os.path.join(model_dir, w + ".json") for w in workers]
-                if config.is_chief and mode != "sync" else [])
+                if config.is_chief and mode != "sync" and not os.environ.get("LAZY_SYNC")
+                else [])
     tasks = ["chief0"] + workers
     hooks = [Report(os.path.join(model_dir, task + ".json"), wait_for=wait_for,
                     start_with=[os.path.join(model_dir, t + ".json") for t in tasks]
@@ -228,7 +241,8 @@ def main(model_dir, mode, max_steps):
             model_fn = estimator_ema.with_ema(model_fn, decay=LAZY_DECAY, **options)
         else:
             hooks.insert(0, estimator_ema.ExponentialMovingAverageHook(LAZY_DECAY, **options))
-        estimator = tf.estimator.Estimator(model_fn, model_dir, config=config)
+        estimator = tf.estimator.Estimator(model_fn, model_dir, config=config,
+                                           params={"sync": bool(os.environ.get("LAZY_SYNC"))})
         tf.estimator.train_and_evaluate(
             estimator, tf.estimator.TrainSpec(lazy_input_fn, max_steps=max_steps, hooks=hooks),
             tf.estimator.EvalSpec(lazy_input_fn, steps=1))
