@@ -1,0 +1,284 @@
+"""Global training throughput of an embedding table on a local parameter-server
+cluster, with and without averaging, variants alternated.
+
+Each run starts a cluster on 127.0.0.1, one process per task (2 ps, a chief, 2
+workers: `--ps`, `--workers`), as Estimator's between-graph replication runs
+it (`TF_CONFIG`, `tf.estimator.train_and_evaluate`). The model: a table of
+`--rows` x 16 partitioned over the parameter servers (`fixed_size_partitioner`),
+looked up by 4 random ids per example (batch 256, new ids every step),
+mean-pooled, a linear head, Adagrad (sparse row updates of the table); every
+task trains asynchronously. No checkpoints are written while it runs.
+
+The chief reads the global step after each of its steps; after `--warmup`
+seconds of training (of every task: the chief waits until the workers have
+started) it counts the global steps over the next `--window` seconds, stops,
+and reports their rate. Variants take turns in rounds, the order rotated each
+round; each run's rate is divided by the no-averaging run's of the same
+round: the medians and quartiles of those ratios are reported.
+
+Variants:
+
+  none         no averaging
+  stock        tf.compat.v1.train.ExponentialMovingAverage(0.999,
+               num_updates=global_step).apply(...) after the apply (every row)
+  hook_dense   ExponentialMovingAverageHook(0.999, lazy_rows=False)
+  hook         ExponentialMovingAverageHook(0.999): lazy rows
+  with_ema     with_ema(decay=0.999): lazy rows
+
+Usage:
+
+  python benchmarks/cluster_embedding.py [--rows 1000000,10000000] [--rounds 3]
+                                         [--variants ...] [--json out.json]
+  python benchmarks/cluster_embedding.py --quick --json out.json   # smoke run
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+DECAY = 0.999
+DIM, IDS, BATCH = 16, 4, 256
+VARIANTS = ("none", "stock", "hook_dense", "hook", "with_ema")
+
+
+def model_fn_for(variant, rows, ps):
+    import tensorflow as tf
+    import estimator_ema
+    tf1 = tf.compat.v1
+
+    def model_fn(features, labels, mode):
+        table = tf1.get_variable("embedding/table", [rows, DIM],
+                                 initializer=tf1.random_normal_initializer(stddev=0.1),
+                                 partitioner=tf1.fixed_size_partitioner(ps))
+        head = tf1.get_variable("head/w", [DIM, 1], initializer=tf1.ones_initializer())
+        pooled = tf.reduce_mean(tf1.nn.embedding_lookup(table, features), axis=1)
+        loss = tf.reduce_mean(tf.square(tf.matmul(pooled, head) - labels))
+        step = tf1.train.get_or_create_global_step()
+        optimizer = tf1.train.AdagradOptimizer(0.1)
+        if variant != "stock":
+            train_op = optimizer.minimize(loss, global_step=step)
+            return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+        apply = optimizer.minimize(loss)
+        ema = tf1.train.ExponentialMovingAverage(DECAY, num_updates=step)
+        with tf.control_dependencies([apply]):
+            averaged = ema.apply(tf1.trainable_variables())
+        with tf.control_dependencies([averaged]):
+            train_op = tf1.assign_add(step, 1)
+        return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+    if variant == "with_ema":
+        return estimator_ema.with_ema(model_fn, decay=DECAY)
+    return model_fn
+
+
+def run_task(args):
+    """One task of the cluster (TF_CONFIG set); the chief writes its report."""
+    import logging
+    import tensorflow as tf
+    import estimator_ema
+    tf1 = tf.compat.v1
+    tf1.logging.set_verbosity(tf1.logging.ERROR)
+    logger = logging.getLogger("estimator_ema")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(logging.StreamHandler())
+    config = tf.estimator.RunConfig(save_checkpoints_steps=None, save_checkpoints_secs=None,
+                                    save_summary_steps=None, log_step_count_steps=10 ** 9)
+    name = "%s%d" % (config.task_type, config.task_id)
+    model_dir = args.model_dir
+
+    def input_fn():
+        def batch(_):
+            return (tf.random.uniform([BATCH, IDS], 0, args.rows, dtype=tf.int64),
+                    tf.random.normal([BATCH, 1]))
+        return tf.data.Dataset.from_tensors(0).repeat().map(batch)
+
+    class Window(tf1.train.SessionRunHook):
+        """Every training task: says it has started. The chief: waits for the
+        others, then counts global steps over the timed window and stops."""
+
+        def begin(self):
+            self._step = tf1.train.get_global_step()
+            self._start = None
+
+        def after_create_session(self, session, coord):
+            open(os.path.join(model_dir, name + ".started"), "w").close()
+            if not config.is_chief:
+                return
+            deadline = time.time() + 300
+            while time.time() < deadline and not all(
+                    os.path.exists(os.path.join(model_dir, "worker%d.started" % i))
+                    for i in range(args.workers)):
+                time.sleep(0.1)
+            self._began = time.time()
+
+        def before_run(self, run_context):
+            return tf1.train.SessionRunArgs(self._step) if config.is_chief else None
+
+        def after_run(self, run_context, run_values):
+            if not config.is_chief:
+                return
+            now, step = time.time(), int(run_values.results)
+            if self._start is None and now - self._began >= args.warmup:
+                self._start = (now, step)
+            elif self._start is not None and now - self._start[0] >= args.window:
+                seconds, steps = now - self._start[0], step - self._start[1]
+                with open(os.path.join(model_dir, "report.json"), "w") as handle:
+                    json.dump({"steps": steps, "seconds": seconds}, handle)
+                run_context.request_stop()
+
+    hooks = [Window()]
+    if args.variant.startswith("hook"):
+        hooks.insert(0, estimator_ema.ExponentialMovingAverageHook(
+            DECAY, lazy_rows=args.variant == "hook"))
+    estimator = tf.estimator.Estimator(model_fn_for(args.variant, args.rows, args.ps),
+                                       model_dir, config=config)
+    tf.estimator.train_and_evaluate(
+        estimator, tf.estimator.TrainSpec(input_fn, max_steps=10 ** 9, hooks=hooks),
+        tf.estimator.EvalSpec(input_fn, steps=1))
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_cluster(variant, rows, args, work_dir):
+    """Global steps/s of one run of `variant` (starts and kills the cluster)."""
+    model_dir = tempfile.mkdtemp(prefix=variant + "-", dir=work_dir)
+    addresses = ["127.0.0.1:%d" % p for p in _free_ports(1 + args.workers + args.ps)]
+    spec = {"chief": addresses[:1], "worker": addresses[1:1 + args.workers],
+            "ps": addresses[1 + args.workers:]}
+    tasks = ([("ps", i) for i in range(args.ps)] + [("chief", 0)]
+             + [("worker", i) for i in range(args.workers)])
+    processes = []
+    report = os.path.join(model_dir, "report.json")
+    try:
+        for task, index in tasks:
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+                {"cluster": spec, "task": {"type": task, "index": index}}))
+            log = open(os.path.join(model_dir, "%s%d.log" % (task, index)), "w")
+            processes.append(subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--task", "--variant", variant,
+                 "--rows", str(rows), "--model-dir", model_dir, "--ps", str(args.ps),
+                 "--workers", str(args.workers), "--warmup", str(args.warmup),
+                 "--window", str(args.window)],
+                env=env, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.time() + args.warmup + args.window + 600
+        while not os.path.exists(report):
+            chief = processes[args.ps]
+            if chief.poll() not in (None, 0) or time.time() > deadline:
+                with open(os.path.join(model_dir, "chief0.log")) as handle:
+                    raise RuntimeError("%s: the chief failed:\n%s"
+                                       % (variant, handle.read()[-3000:]))
+            time.sleep(0.2)
+        time.sleep(0.2)
+        with open(report) as handle:
+            result = json.load(handle)
+        with open(os.path.join(model_dir, "chief0.log")) as handle:
+            lazy = "averaged lazily" in handle.read()
+        if lazy != (variant in ("hook", "with_ema")):
+            raise RuntimeError("%s: the table was%s averaged lazily" % (variant, "" if lazy
+                                                                          else " not"))
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return result["steps"] / result["seconds"]
+
+
+def quartiles(values):
+    ordered = sorted(values)
+    return (ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4])
+
+
+def measure(rows, variants, args, work_dir):
+    rates = {v: [] for v in variants}
+    for r in range(args.rounds):
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        for v in order:
+            rates[v].append(run_cluster(v, rows, args, work_dir))
+            print("  round %d %-11s %8.1f global steps/s" % (r + 1, v, rates[v][-1]))
+            sys.stdout.flush()
+    results = {}
+    for v in variants:
+        ratios = [a / b for a, b in zip(rates[v], rates["none"])]
+        results[v] = {"steps_per_s": statistics.median(rates[v]),
+                      "ratio": statistics.median(ratios),
+                      "ratio_quartiles": quartiles(ratios),
+                      "rounds_steps_per_s": rates[v], "rounds_ratio": ratios}
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="1000000,10000000",
+                        help="table sizes, comma-separated")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ps", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--warmup", type=float, default=10.0,
+                        help="seconds of training before the window")
+    parser.add_argument("--window", type=float, default=20.0, help="seconds timed")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 10,000 rows, none and hook, one round of 2 s")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--task", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.task:
+        args.rows = int(args.rows)
+        return run_task(args)
+    if args.quick:
+        args.rows, args.variants, args.rounds = "10000", "none,hook", 1
+        args.warmup, args.window = 1.0, 2.0
+    variants = tuple(args.variants.split(","))
+    if "none" not in variants:
+        variants = ("none",) + variants
+    import tensorflow as tf
+    from throughput import cpu_model
+    report = {"tensorflow": tf.__version__, "python": platform.python_version(),
+              "cpu": cpu_model(), "cores": os.cpu_count(), "decay": DECAY, "dim": DIM,
+              "ids": IDS, "batch": BATCH, "ps": args.ps, "workers": args.workers,
+              "rounds": args.rounds, "warmup": args.warmup, "window": args.window,
+              "tables": {}}
+    work_dir = tempfile.mkdtemp(prefix="estimator-ema-cluster-")
+    try:
+        for rows in [int(r) for r in args.rows.split(",")]:
+            print("%d x %d table over %d ps, chief + %d workers, %d ids x batch %d, Adagrad "
+                  "(TF %s)" % (rows, DIM, args.ps, args.workers, IDS, BATCH, tf.__version__))
+            results = measure(rows, variants, args, work_dir)
+            report["tables"][str(rows)] = results
+            print("  %-11s %10s %8s  %-15s" % ("variant", "steps/s", "ratio",
+                                              "ratio quartiles"))
+            for v in variants:
+                r = results[v]
+                print("  %-11s %10.1f %8.3f  %.3f-%.3f"
+                      % ((v, r["steps_per_s"], r["ratio"]) + r["ratio_quartiles"]))
+            sys.stdout.flush()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()
