@@ -22,8 +22,8 @@ LAZY_ROW_CLOCK = "lazy_row_clock"
 
 HELPERS = DEBIAS_HELPERS + (LAZY_CLOCK, LAZY_ROW_CLOCK, "lazy_scale")
 """Every helper variable an average may have, `<average>/<helper>`: the zero-debias
-helpers, a lazy average's clocks, and the scale that checkpoints of version 0.x
-hold for a lazy average (always 0 there: plain averages)."""
+helpers, a lazy average's clocks, and the scale that checkpoints of development
+versions before 0.1.0 hold for a lazy average (always 0 there: plain averages)."""
 
 
 def shadow_name(var_name, name):
@@ -66,9 +66,9 @@ class EmaOptions(_Options):
         an infinity leaves every average (and the debias count) unchanged.
       lazy_rows: bool; if True (the default) a variable that the training step
         writes only through sparse row updates (embedding tables) is averaged
-        exactly at the cost of the rows each step writes, every row brought up
-        to date before each checkpoint (see `_rows`); False averages every row
-        every step. Lazy rows combine with `num_updates` and `every_n_steps`;
+        exactly at the cost of the rows each step writes, on one machine and on
+        a parameter-server cluster; checkpoints hold every row's average (see
+        `_rows`). False averages every row every step. Lazy rows combine with `num_updates` and `every_n_steps`;
         with `zero_debias` or `skip_nonfinite` every variable is averaged
         densely (logged).
     """

@@ -80,7 +80,8 @@ def averages_and_helpers(keys, name=_options.EMA_NAME):
     """The keys among `keys` that hold averages named `name` or their helpers:
     `<v>/<name>`, `<v>/<name>/biased`, `<v>/<name>/local_step` (a partitioned
     variable's scalar `local_step` is one per part,
-    `<v>/part_<i>/<name>/local_step`), a lazy average's `<v>/<name>/lazy_scale`."""
+    `<v>/part_<i>/<name>/local_step`), and a lazy average's `<v>/<name>/lazy_scale`
+    in checkpoints of development versions before 0.1.0."""
     averages = set(checkpoint_averages(keys, name).values())
     suffix = _options.shadow_name("", name)
     return averages | {key for key in keys

@@ -276,9 +276,9 @@ class ExponentialMovingAverageHook(_AveragingHook):
         every weight once more per step).
       lazy_rows: bool; True (the default) averages a variable that the step
         writes only through sparse row updates (an embedding table) exactly,
-        at the cost of the rows each step writes: every row's average is
-        brought up to date before each checkpoint. False averages every row
-        every step.
+        at the cost of the rows each step writes, also on a parameter-server
+        cluster whose tasks train at once; checkpoints hold every row's
+        average. False averages every row every step.
 
     Raises:
       TypeError, ValueError: for bad arguments, at construction.

@@ -272,10 +272,11 @@ def write_averaged_checkpoint(checkpoint_or_model_dir, output_prefix, *,
 
     For each average `<v>/<name>` in the source, the new checkpoint holds its
     value under `<v>`; the averages and their helpers (`<v>/<name>/biased`,
-    `<v>/<name>/local_step`, `<v>/<name>/lazy_scale`) are dropped; everything else
-    (global step, optimizer slots, variables without an average) is copied,
-    sliced tensors (partitioned variables, their optimizers' slots) as the
-    same slices.
+    `<v>/<name>/local_step`, and `<v>/<name>/lazy_scale` in checkpoints of
+    development versions before 0.1.0) are dropped; everything else (global
+    step, optimizer slots, variables without an average) is copied, sliced
+    tensors (partitioned variables, their optimizers' slots) as the same
+    slices.
     Any `Saver` of the plain model, `Estimator.evaluate(checkpoint_path=...)`,
     or `warm_start_from` then reads the averages without knowing about them.
     No `.meta` file is written: the source's graph still has the averages.
