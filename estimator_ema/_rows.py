@@ -144,8 +144,7 @@ class _Lazy(object):
                 now = read(self.clock)
             plain = _at(self.old, average, then, now)
             stamped = tf.raw_ops.ResourceScatterUpdate(
-                resource=self.row_clock.handle, indices=self.rows,
-                updates=tf.fill(tf.shape(self.rows), now))
+                resource=self.row_clock.handle, indices=self.rows, updates=now)
             with tf.control_dependencies([stamped]):
                 folded = tf.scatter_update(self.average, self.rows, plain)
             with tf.control_dependencies([now]):
@@ -191,10 +190,9 @@ class _Lazy(object):
 def _at(weights, average, then, now):
     """`weights + (average - weights) * exp(then - now)`, row by row: the average
     of rows dated `then`, at clock `now` (never extrapolated past `then`)."""
-    factor = tf.exp(tf.minimum(then - now, 0.0))
-    factor = tf.cast(factor, average.dtype.base_dtype)
-    factor = tf.reshape(factor, tf.concat([tf.shape(factor), tf.ones(
-        [average.shape.ndims - 1], tf.int32)], 0))
+    factor = tf.cast(tf.exp(tf.minimum(then - now, 0.0)), average.dtype.base_dtype)
+    for _ in range(average.shape.ndims - 1):
+        factor = tf.expand_dims(factor, -1)
     return weights + (average - weights) * factor
 
 

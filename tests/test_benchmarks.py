@@ -81,3 +81,16 @@ def test_embedding_quick_mode_reports_every_variant(tmp_path):
                                        "with_ema_dense", "with_ema"}
     for variant in report["variants"].values():
         assert variant["steps_per_s"] > 0 and variant["ratio"] > 0
+
+
+def test_cluster_embedding_quick_mode_runs_a_cluster_per_variant(tmp_path):
+    # Each variant on its own local cluster (2 ps, a chief, 2 workers); the
+    # script itself checks that the hook's table was averaged lazily.
+    out = tmp_path / "cluster.json"
+    _run("cluster_embedding.py", tmp_path, "--quick", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["ps"] == report["workers"] == 2
+    variants = report["tables"]["10000"]
+    assert set(variants) == {"none", "hook"}
+    for variant in variants.values():
+        assert variant["steps_per_s"] > 0 and variant["ratio"] > 0
