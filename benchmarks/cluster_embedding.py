@@ -160,8 +160,9 @@ def run_cluster(variant, rows, args, work_dir):
     """Global steps/s of one run of `variant` (starts and kills the cluster)."""
     model_dir = tempfile.mkdtemp(prefix=variant + "-", dir=work_dir)
     addresses = ["127.0.0.1:%d" % p for p in _free_ports(1 + args.workers + args.ps)]
-    spec = {"chief": addresses[:1], "worker": addresses[1:1 + args.workers],
-            "ps": addresses[1 + args.workers:]}
+    spec = {"chief": addresses[:1], "ps": addresses[1 + args.workers:]}
+    if args.workers:
+        spec["worker"] = addresses[1:1 + args.workers]
     tasks = ([("ps", i) for i in range(args.ps)] + [("chief", 0)]
              + [("worker", i) for i in range(args.workers)])
     processes = []
