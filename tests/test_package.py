@@ -92,7 +92,7 @@ def _python(code, **env):
                           env=full_env, timeout=300, cwd=os.path.dirname(REPO))
 
 
-@pytest.mark.parametrize("version", ["2.16.1", "2.11.0", "1.14.0", "3.0.0"])
+@pytest.mark.parametrize("version", ["2.16.1", "2.3.4", "1.14.0", "3.0.0"])
 def test_unsupported_tensorflow_fails_with_one_sentence(tmp_path, version):
     fake = tmp_path / "tensorflow"
     fake.mkdir()
@@ -101,13 +101,14 @@ def test_unsupported_tensorflow_fails_with_one_sentence(tmp_path, version):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: estimator-ema needs TensorFlow 1.15 on Python 3.7, "
-                           "or TensorFlow 2.12 to 2.15 on Python 3.8+")
+                           "or TensorFlow 2.4 to 2.15 on Python 3.8+")
     assert "found TensorFlow %s" % version in last
     assert "pip install 'estimator-ema[" in last
 
 
-@pytest.mark.parametrize("version", ["1.15.5", "2.12.0", "2.13.1", "2.14.1", "2.15.1",
-                                     "2.15.0rc1"])
+@pytest.mark.parametrize("version", ["1.15.5", "2.4.0", "2.4.4", "2.5.3", "2.6.5", "2.7.4",
+                                     "2.8.4", "2.9.3", "2.10.1", "2.11.1", "2.12.0", "2.13.1",
+                                     "2.14.1", "2.15.1", "2.15.0rc1"])
 def test_supported_versions_pass_the_check(version):
     _compat.check_version(version)
 
