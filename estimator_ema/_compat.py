@@ -52,3 +52,5 @@ ESTIMATOR_CLASSES = (_tf.estimator.Estimator, _tf.compat.v1.estimator.Estimator)
 """Every Estimator base class: in TF 2 the v1 Estimator is not a tf.estimator.Estimator."""
 Variable = _tf.Variable
 IS_TF1 = _tf.__version__.startswith("1.")
+VERSION = _parse_version(_tf.__version__)
+"""TensorFlow's (major, minor)."""

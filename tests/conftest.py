@@ -11,6 +11,7 @@ import tensorflow as tf  # noqa: E402
 
 tf1 = tf.compat.v1
 IS_TF1 = tf.__version__.startswith("1.")
+TF_VERSION = tuple(int(part) for part in tf.__version__.split(".")[:2])
 
 # The console script installed beside this interpreter.
 COMMAND = os.path.join(os.path.dirname(sys.executable), "estimator-ema")
