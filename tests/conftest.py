@@ -260,7 +260,7 @@ def serve(export_dir, x, loader):
 
 @pytest.fixture
 def slim_compatible(monkeypatch):
-    """tf_slim 1.1.0 (the latest) still reads `ops.Tensor`, which TF 2.14 moved
+    """tf_slim 1.1.0 (the latest) still reads `ops.Tensor`, which TF 2.15 moved
     out of `tensorflow.python.framework.ops`; put the alias back for the test."""
     from tensorflow.python.framework import ops
     if not hasattr(ops, "Tensor"):
