@@ -19,11 +19,28 @@ def read_readme():
         return handle.read()
 
 
-# TensorFlow is an extra: each pins a build that still ships tf.estimator
-# (removed in 2.16).
-TF2_CPU = "tensorflow-cpu>=2.12,<2.16; python_version>='3.8'"
-TF2_GPU = "tensorflow>=2.12,<2.16; python_version>='3.8'"
-TF1 = ["tensorflow==1.15.5; python_version<'3.8'", "protobuf<3.21; python_version<'3.8'"]
+def working_set(version, marker, package="tensorflow-cpu"):
+    """requirements/tf-<version>.txt (TensorFlow with the tensorflow-estimator,
+    numpy and protobuf it imports with), `package` for tensorflow-cpu, each
+    requirement for the Pythons `marker` names."""
+    with open(os.path.join(HERE, "requirements", "tf-%s.txt" % version)) as handle:
+        lines = [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+    return ["%s; %s" % (package + line[len("tensorflow-cpu"):]
+                        if line.startswith("tensorflow-cpu") else line, marker)
+            for line in lines]
+
+
+# TensorFlow is an extra: on each Python, the newest TensorFlow that installs
+# there and still ships tf.estimator (removed in 2.16). Python 3.12 and later
+# have none. requirements/ pins the other supported versions.
+TF1 = working_set("1.15", "python_version < '3.8'")
+
+
+def tensorflow_extra(package):
+    """The extra that installs `package` (tensorflow-cpu or tensorflow) on each Python."""
+    return (TF1 + working_set("2.13", "python_version == '3.8'", package)
+            + working_set("2.15", "python_version >= '3.9' and python_version < '3.12'", package))
+
 
 setup(
     name="estimator-ema",
@@ -37,8 +54,8 @@ setup(
     python_requires=">=3.7",
     install_requires=["numpy"],
     extras_require={
-        "cpu": [TF2_CPU] + TF1,
-        "gpu": [TF2_GPU] + TF1,
+        "cpu": tensorflow_extra("tensorflow-cpu"),
+        "gpu": tensorflow_extra("tensorflow"),
         "tf1": TF1,
         "test": ["pytest>=6", "tf-slim>=1.1", "matplotlib"],
         "plot": ["matplotlib"],
@@ -51,6 +68,9 @@ setup(
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.7",
+        "Programming Language :: Python :: 3.8",
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],

@@ -6,7 +6,7 @@ TensorFlow and reads its version.
 
 import sys
 
-SUPPORTED = "TensorFlow 1.15 on Python 3.7, or TensorFlow 2.12 to 2.15 on Python 3.8+"
+SUPPORTED = "TensorFlow 1.15 on Python 3.7, or TensorFlow 2.4 to 2.15 on Python 3.8+"
 
 
 def _install_hint():
@@ -32,7 +32,7 @@ def _parse_version(text):
 def check_version(text):
     """Raises ImportError unless `text` names a supported TensorFlow version."""
     major_minor = _parse_version(text)
-    if major_minor == (1, 15) or (2, 12) <= major_minor <= (2, 15):
+    if major_minor == (1, 15) or (2, 4) <= major_minor <= (2, 15):
         return
     raise _unsupported("TensorFlow %s" % text)
 
@@ -52,3 +52,5 @@ ESTIMATOR_CLASSES = (_tf.estimator.Estimator, _tf.compat.v1.estimator.Estimator)
 """Every Estimator base class: in TF 2 the v1 Estimator is not a tf.estimator.Estimator."""
 Variable = _tf.Variable
 IS_TF1 = _tf.__version__.startswith("1.")
+VERSION = _parse_version(_tf.__version__)
+"""TensorFlow's (major, minor)."""

@@ -68,9 +68,9 @@ class EmaOptions(_Options):
         writes only through sparse row updates (embedding tables) is averaged
         exactly at the cost of the rows each step writes, on one machine and on
         a parameter-server cluster; checkpoints hold every row's average (see
-        `_rows`). False averages every row every step. Lazy rows combine with `num_updates` and `every_n_steps`;
-        with `zero_debias` or `skip_nonfinite` every variable is averaged
-        densely (logged).
+        `_rows`). False averages every row every step. Lazy rows combine with
+        `num_updates` and `every_n_steps`; with `zero_debias` or
+        `skip_nonfinite` every variable is averaged densely (logged).
     """
 
     def __init__(self, decay=0.999, num_updates=True, zero_debias=False, variables=None,

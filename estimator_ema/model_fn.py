@@ -242,7 +242,7 @@ def _exporting():
     """Whether Estimator builds this graph to export it, not to train: a TRAIN
     graph of `experimental_export_all_saved_models` or of `export_saved_model(...,
     experimental_mode=TRAIN)`, which Estimator builds in `_add_meta_graph_for_mode`
-    (TF 1.15 and 2.12 to 2.15) and saves with the variables its scaffold's saver
+    (TF 1.15 and 2.4 to 2.15) and saves with the variables its scaffold's saver
     restored."""
     frame = sys._getframe(1)
     while frame is not None:

@@ -3,7 +3,7 @@
 import re
 
 from estimator_ema import _checks, _options
-from estimator_ema._compat import IS_TF1, tf, tf_estimator
+from estimator_ema._compat import VERSION, tf, tf_estimator
 from estimator_ema._selection import is_batch_norm_statistic
 from estimator_ema.checkpoints import (reports_unreadable_checkpoints, require_averages,
                                        resolve_checkpoint)
@@ -40,10 +40,10 @@ def warm_start_from_averages(checkpoint_or_model_dir, vars_to_warm_start=".*", *
     from the warm-started weights, so with the hook they start from the old
     averages either way and its zero-debias helpers restart.
 
-    TensorFlow 1.15's warm start initializes only one variable per checkpoint
-    tensor (the last one wins, silently), so there `include_averages=True` is
-    refused, and list patterns must not select averages that the new graph
-    builds in its model_fn.
+    Before 2.8 (1.15 and 2.4 to 2.7), TensorFlow's warm start initializes
+    only one variable per checkpoint tensor (the last one wins, silently), so
+    there `include_averages=True` is refused, and list patterns must not
+    select averages that the new graph builds in its model_fn.
 
     Example:
 
@@ -65,7 +65,7 @@ def warm_start_from_averages(checkpoint_or_model_dir, vars_to_warm_start=".*", *
       TypeError: arguments of the wrong type.
       ValueError: no checkpoint there, no averages named `name`, patterns that
         select none of the averaged variables, or `include_averages=True` with
-        a single regex or on TensorFlow 1.15.
+        a single regex or on TensorFlow before 2.8.
     """
     name = _checks.check_name(name)
     include_averages = _checks.check_bool("include_averages", include_averages)
@@ -75,10 +75,11 @@ def warm_start_from_averages(checkpoint_or_model_dir, vars_to_warm_start=".*", *
     if not patterns:
         raise ValueError("'vars_to_warm_start' must be a regex string or a non-empty list of "
                          "them (got %r)." % (vars_to_warm_start,))
-    if include_averages and IS_TF1:
+    if include_averages and VERSION < (2, 8):
         raise ValueError(
-            "'include_averages' needs TensorFlow 2: the warm start of TensorFlow 1.15 cannot "
-            "initialize a variable and its average from the same checkpoint tensor (got True).")
+            "'include_averages' needs TensorFlow 2.8 or later: the warm start of TensorFlow %s "
+            "cannot initialize a variable and its average from the same checkpoint tensor "
+            "(got True)." % tf.__version__)
     if include_averages and single:
         raise ValueError(
             "'include_averages' needs 'vars_to_warm_start' as a list of regexes, since a "

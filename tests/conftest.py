@@ -11,6 +11,7 @@ import tensorflow as tf  # noqa: E402
 
 tf1 = tf.compat.v1
 IS_TF1 = tf.__version__.startswith("1.")
+TF_VERSION = tuple(int(part) for part in tf.__version__.split(".")[:2])
 
 # The console script installed beside this interpreter.
 COMMAND = os.path.join(os.path.dirname(sys.executable), "estimator-ema")
@@ -259,7 +260,7 @@ def serve(export_dir, x, loader):
 
 @pytest.fixture
 def slim_compatible(monkeypatch):
-    """tf_slim 1.1.0 (the latest) still reads `ops.Tensor`, which TF 2.14 moved
+    """tf_slim 1.1.0 (the latest) still reads `ops.Tensor`, which TF 2.15 moved
     out of `tensorflow.python.framework.ops`; put the alias back for the test."""
     from tensorflow.python.framework import ops
     if not hasattr(ops, "Tensor"):

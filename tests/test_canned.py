@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import estimator_ema
-from conftest import DATA, EMA, IS_TF1, ema_oracle, keras_sgd, load, run_config, tf1
+from conftest import DATA, EMA, IS_TF1, TF_VERSION, ema_oracle, keras_sgd, load, run_config, tf1
 from conftest import input_fn as linear_input_fn
 
 RNG = np.random.RandomState(0)
@@ -203,10 +203,11 @@ def resnet_model_fn(features, labels, mode):
     return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
 
 
-@pytest.mark.skipif(not IS_TF1, reason="tf_slim's batch_norm on 4-D inputs builds "
-                                       "tf.compat.v1.layers.BatchNormalization, which TF 2.15 "
-                                       "loads from tf_keras.legacy_tf_layers, a module no "
-                                       "tf_keras release has")
+@pytest.mark.usefixtures("slim_compatible")
+@pytest.mark.skipif(TF_VERSION >= (2, 13), reason="tf_slim's batch_norm on 4-D inputs builds "
+                                       "tf.compat.v1.layers.BatchNormalization, which TF 2.13 "
+                                       "and 2.14 load from keras.legacy_tf_layers, 2.15 from "
+                                       "tf_keras.legacy_tf_layers, modules no release has")
 def test_with_ema_of_a_tf_slim_resnet(model_dir):
     def images_input_fn():
         return tf.data.Dataset.from_tensor_slices((IMAGES, IMAGE_LABELS)).batch(8).repeat()

@@ -3,13 +3,14 @@ against the values `tf.train.load_variable` reads and numpy oracles."""
 
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import estimator_ema
-from conftest import (DATA, EMA, IS_TF1, SWA, ema_oracle, estimator, input_fn, linear_graph,
+from conftest import (DATA, EMA, SWA, TF_VERSION, ema_oracle, estimator, input_fn, linear_graph,
                       load, save_checkpoint, sgd_weights, tf1, trained_with_hook)
 from estimator_ema import rewriting
 
@@ -406,7 +407,9 @@ def _averages(model_dir):
     return [load(model_dir, "linear/w/" + EMA), load(model_dir, "linear/b/" + EMA)]
 
 
-TF2_ONLY = pytest.mark.skipif(IS_TF1, reason="include_averages needs TensorFlow 2")
+# TensorFlow's warm start initializes two variables from one checkpoint tensor from 2.8 on.
+WARM_STARTS_TWICE = TF_VERSION >= (2, 8)
+TF2_ONLY = pytest.mark.skipif(not WARM_STARTS_TWICE, reason="include_averages needs TF 2.8+")
 
 
 @pytest.mark.parametrize("vars_to_warm_start, include_averages", [
@@ -517,12 +520,12 @@ def test_include_averages_selects_the_averages(model_dir, include_averages):
     assert values["local_step"] == (load(model_dir, step_name) if include_averages else 5.0)
 
 
-@pytest.mark.skipif(not IS_TF1, reason="TensorFlow 1.15 only")
-def test_include_averages_is_refused_on_tf1(hook_trained, model_dir):
-    with pytest.raises(ValueError, match=r"'include_averages' needs TensorFlow 2: the warm "
-                                         r"start of TensorFlow 1\.15 cannot initialize a "
+@pytest.mark.skipif(WARM_STARTS_TWICE, reason="TensorFlow 1.15 and 2.4 to 2.7 only")
+def test_include_averages_is_refused_before_tf28(hook_trained, model_dir):
+    with pytest.raises(ValueError, match=r"'include_averages' needs TensorFlow 2\.8 or later: "
+                                         r"the warm start of TensorFlow %s cannot initialize a "
                                          r"variable and its average from the same checkpoint "
-                                         r"tensor \(got True\)\."):
+                                         r"tensor \(got True\)\." % re.escape(tf.__version__)):
         estimator_ema.warm_start_from_averages(str(model_dir), ["linear/"],
                                                include_averages=True)
 

@@ -48,7 +48,7 @@ def test_quickstart_has_two_blocks_and_ci_runs_its_test_command():
     test_command = blocks[1].strip()
     assert test_command == ".venv/bin/pytest"
     with open(os.path.join(REPO, ".ci", "run")) as handle:
-        assert "&& pytest)" in handle.read()
+        assert '&& pytest "$@")' in handle.read()
 
 
 def _blocks(page):

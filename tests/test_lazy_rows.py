@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import estimator_ema
-from conftest import EMA, IS_TF1, keras_sgd, run_config, tf1
+from conftest import EMA, IS_TF1, TF_VERSION, keras_sgd, run_config, tf1
 from test_ordering import CheckpointReader, Recorder, check_every_checkpoint, ema_of
 
 ROWS, DIM, IDS, BATCH = 12, 3, 2, 4
@@ -410,7 +410,11 @@ def canned(kind, model_dir):
     }[kind]()
 
 
-@pytest.mark.parametrize("kind", ["v2_linear", "v1_linear", "v2_dnn", "v1_dnn"])
+@pytest.mark.parametrize("kind", ["v2_linear", "v1_linear", pytest.param("v2_dnn", marks=(
+    pytest.mark.skipif(sys.version_info >= (3, 11) and (2, 12) <= TF_VERSION <= (2, 13),
+                       reason="tensorflow-estimator 2.12 and 2.13 make a v2 DNN's named "
+                              "optimizer with inspect.getargspec, which Python 3.11 removed"))),
+    "v1_dnn"])
 def test_canned_estimators_tables_are_lazy_and_exact(tmp_path, caplog, kind):
     recorder, reader = Recorder(), CheckpointReader(tmp_path, EMA)
     canned(kind, str(tmp_path)).train(
