@@ -60,15 +60,23 @@ class Averager(object):
                 if self._then is not None:
                     step, due = self._then
                 else:
-                    step = read_fresh(self.global_step)
-                    if step_offset:
-                        step += step_offset
-                    due = self._due(step)
+                    with self._beside_step():
+                        step = read_fresh(self.global_step)
+                        if step_offset:
+                            step += step_offset
+                        due = self._due(step)
                 if due is None:
                     return self._apply(step)
                 if not self._gate_in_graph():
                     return tf.group(tf.cond(due, lambda: self._apply_then_true(step), _false))
                 return self._apply(step, gate=due)
+
+    def _beside_step(self):
+        """Ops built in this context run where the global step lives (its
+        parameter server): the step's value and what is computed from it
+        (scalars) go from there to each average's device, with no round trip
+        through the task's own device."""
+        return tf.colocate_with(self.global_step)
 
     @contextlib.contextmanager
     def _scope(self, what):
@@ -273,42 +281,49 @@ class ExponentialMovingAverager(Averager):
     def _average_lazily(self, found):
         # The writes come before the global step's increment (of one): the
         # update after them belongs to the step read now, plus one.
-        step = read_fresh(self.global_step) + 1
-        self._then = step, self._due(step)
-        return _rows.LazyRows(found, self.decay(step), self._then[1])
+        with self._beside_step():
+            step = read_fresh(self.global_step) + 1
+            self._then = step, self._due(step)
+            increment = _rows.clock_increment(self.decay(step), self._then[1])
+        return _rows.LazyRows(found, increment)
 
     def _apply(self, step, gate=None):
-        decay = self.decay(step)
-        one_minus_by_dtype = {}
+        with self._beside_step():
+            decay = self.decay(step)
+            one_minus_by_dtype = {}
+            for i, avg in enumerate(self.averages):
+                dtype = avg.dtype.base_dtype
+                if i not in self._lazy and dtype not in one_minus_by_dtype:
+                    one_minus = tf.cast(1.0 - decay, dtype)
+                    one_minus_by_dtype[dtype] = (one_minus, -one_minus)
         updates = []
         for i, (var, avg) in enumerate(zip(self.variables, self.averages)):
-            if i in self._lazy:
-                continue
-            dtype = avg.dtype.base_dtype
-            if dtype not in one_minus_by_dtype:
-                one_minus = tf.cast(1.0 - decay, dtype)
-                one_minus_by_dtype[dtype] = (one_minus, -one_minus)
-            one_minus, minus_one_minus = one_minus_by_dtype[dtype]
-            value = read(var)
-            if not self._debias:
-                if gate is None:
-                    updates.append(_move_toward(avg, value, one_minus, minus_one_minus))
-                else:
-                    old = read(avg)
-                    updates.append(gated_assign(avg, gate, old - (old - value) * one_minus))
-                continue
-            biased, local_step = self._debias[i]
-            if gate is None:  # one kernel each: parameter servers may run several at once
-                new_biased = tf.assign_sub(biased, (read(biased) - value) * one_minus)
-                new_step = tf.assign_add(local_step, 1.0)
-            else:
-                old_biased = read(biased)
-                new_biased = gated_assign(biased, gate,
-                                           old_biased - (old_biased - value) * one_minus)
-                new_step = gated_assign(local_step, gate, read(local_step) + 1.0)
-            factor = tf.cast(1.0 - tf.pow(decay, new_step), dtype)
-            updates.append(gated_assign(avg, gate, new_biased / factor))
+            if i not in self._lazy:
+                with avg.graph.colocate_with(avg):  # on the average's device
+                    updates.append(self._apply_one(i, var, avg, decay, gate,
+                                                   *one_minus_by_dtype[avg.dtype.base_dtype]))
         return tf.group(*updates)
+
+    def _apply_one(self, i, var, avg, decay, gate, one_minus, minus_one_minus):
+        """The update of the `i`-th average, `avg` of `var` (see `_apply`)."""
+        dtype = avg.dtype.base_dtype
+        value = read(var)
+        if not self._debias:
+            if gate is None:
+                return _move_toward(avg, value, one_minus, minus_one_minus)
+            old = read(avg)
+            return gated_assign(avg, gate, old - (old - value) * one_minus)
+        biased, local_step = self._debias[i]
+        if gate is None:  # one kernel each: parameter servers may run several at once
+            new_biased = tf.assign_sub(biased, (read(biased) - value) * one_minus)
+            new_step = tf.assign_add(local_step, 1.0)
+        else:
+            old_biased = read(biased)
+            new_biased = gated_assign(biased, gate,
+                                       old_biased - (old_biased - value) * one_minus)
+            new_step = gated_assign(local_step, gate, read(local_step) + 1.0)
+        factor = tf.cast(1.0 - tf.pow(decay, new_step), dtype)
+        return gated_assign(avg, gate, new_biased / factor)
 
     def _summaries(self):
         """The decay in effect, then the averages' distance to the weights."""

@@ -119,6 +119,11 @@ class _Lazy(object):
                                        use_resource=True)
         before = set.intersection(*[ancestors(op) for op in writes])
         traced = [_trace(i, variable, before) for i in indices]
+        # The fold waits for the forward pass to have taken the looked-up rows
+        # (on a cluster: for the rows to have left for the task), so that it
+        # runs while the task computes rather than before the rows are sent.
+        self._taken = [op for _, rows in traced if rows is not None for op in rows.consumers()
+                       if op._get_control_flow_context() is None]
         with _beside(average):
             flat = [_flat(i) for i, _ in traced]
             if len({i.dtype for i in flat}) > 1:
@@ -136,7 +141,7 @@ class _Lazy(object):
         clock by `increment` (float64): (the row clocks' and averages' writes,
         the clock's)."""
         with _beside(self.average):
-            with tf.control_dependencies([self.old]):
+            with tf.control_dependencies([self.old] + self._taken):
                 average = gather(self.average, self.rows)
             with tf.control_dependencies([average]):
                 then = gather(self.row_clock, self.rows)
@@ -247,23 +252,31 @@ def _flat(indices):
     return indices if indices.shape.ndims == 1 else tf.reshape(indices, [-1])
 
 
+def clock_increment(decay, due=None):
+    """What a step advances the clocks by: `-log(decay)` (float64), 0 if the bool
+    tensor `due` is false."""
+    increment = -tf.math.log(tf.maximum(tf.cast(decay, tf.float64), _LEAST_DECAY))
+    if due is not None:
+        increment = tf.where_v2(due, increment, tf.constant(0.0, tf.float64))
+    return increment
+
+
 class LazyRows(object):
     """The lazily averaged variables of one exponential moving average.
 
     Build it while the training step's writes are still unordered, with the
-    decay in effect after the step (and, with `every_n_steps`, whether its
-    update is due) read from the global step before them. Before the writes,
+    clock increment of the decay in effect after the step (0 where, with
+    `every_n_steps`, its update is not due) read from the global step before
+    them. Before the writes,
     beside the forward and backward pass, each step folds the rows it will
     write (see `_Lazy.fold`) and advances each clock by `-log(decay)` (0 if
     the update is not due); nothing runs after the writes.
     """
 
-    def __init__(self, found, decay, due=None):
-        """`found`: `[(variable, average, writes, indices)]`."""
+    def __init__(self, found, increment):
+        """`found`: `[(variable, average, writes, indices)]`; `increment`: the
+        step's `clock_increment`."""
         self.lazy = [_Lazy(*args) for args in found]
-        increment = -tf.math.log(tf.maximum(tf.cast(decay, tf.float64), _LEAST_DECAY))
-        if due is not None:
-            increment = tf.where_v2(due, increment, tf.constant(0.0, tf.float64))
         for lazy in self.lazy:
             before = lazy.fold(increment)
             for op in lazy.writes:
