@@ -41,7 +41,7 @@ def completions(ops):
     function's control outputs, so a control edge from the `If` op does not
     wait for them; the `If` op's outputs wait for what the branch returns.
     """
-    ops = [_as_op(item) for item in tf.nest.flatten(ops)]
+    ops = [as_op(item) for item in tf.nest.flatten(ops)]
     context = ops[0].graph._get_control_flow_context() if ops else None
     calls = sorted((op for op in ancestors(ops)
                     if op.type in _FUNCTION_CALLS and op.outputs
@@ -176,7 +176,8 @@ def _following(ops):
     return seen
 
 
-def _as_op(item):
+def as_op(item):
+    """`item` if it is an op, else the op of `item` (a tensor or a variable's value)."""
     return item if isinstance(item, tf.Operation) else item.op
 
 
@@ -214,7 +215,7 @@ def update_ops_to_run(graph, ran):
     """
     extra = []
     for item in graph.get_collection(tf.GraphKeys.UPDATE_OPS):
-        op = inner = _as_op(item)
+        op = inner = as_op(item)
         while op is not None and op.graph is not graph:
             op = _caller(op)
         if op is not None and op in ran:

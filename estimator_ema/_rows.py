@@ -37,7 +37,7 @@ checkpoint's average and `t_r` to the current clock.
 """
 
 from estimator_ema._compat import IS_TF1, tf
-from estimator_ema._graphs import ancestors, writers
+from estimator_ema._graphs import ancestors, as_op, writers
 from estimator_ema._options import LAZY_CLOCK, LAZY_ROW_CLOCK
 from estimator_ema._variables import create_shadow, gather, read
 from estimator_ema.checkpoints import checkpoint_key
@@ -155,7 +155,7 @@ class _Lazy(object):
             with tf.control_dependencies([now]):
                 advanced = tf.raw_ops.AssignAddVariableOp(resource=self.clock.handle,
                                                           value=increment)
-        return [stamped, _as_op(folded), advanced]
+        return [stamped, as_op(folded), advanced]
 
     def value(self):
         """The average as a tensor, every row brought up to date: the weights
@@ -212,10 +212,6 @@ def _copy(variable):
 def _beside(average):
     """Ops built in this context run where `average` lives (its parameter server)."""
     return average.graph.colocate_with(average)
-
-
-def _as_op(item):
-    return item if isinstance(item, tf.Operation) else item.op
 
 
 def _trace(indices, variable, before):
