@@ -257,21 +257,16 @@ def test_averages_go_on_exactly_from_the_last_checkpoint_when_a_task_is_killed(t
 @pytest.mark.parametrize("how", ["hook", "decorator"])
 def test_sync_replicas_optimizer_averages_a_table_lazily_once_per_global_step(tmp_path, how):
     # Ours is woven around the table's writes wherever they run (the chief's
-    # queue runner). The chief's runs each end once the aggregated update of
-    # one global step is done and before the next can start: the weights it
-    # records after each run are the weights after every global step.
+    # queue runner). With no tokens before the first step, each of the chief's
+    # runs ends once the aggregated update of its global step is applied and
+    # before the next can start: the weights it records after each run are the
+    # weights after every global step. (SyncReplicasOptimizer's own averaging,
+    # "Stock", runs after the replicas' tokens are handed out, so a checkpoint
+    # may catch it before or after its update: it is no oracle here.)
     record, log = _lazy_run(tmp_path, how, workers=1, sync=True, num_updates=False)
     assert "['emb/part_0', 'emb/part_1'] written only in rows, averaged lazily" in log
     steps = _exact_from_first_checkpoint(record)
     assert steps[0] == 0 and steps[-1] == STEPS["lazy-" + how] and len(steps) >= 10
-    if IS_TF1:  # (stock's update may read the weights from before the apply: see above)
-        return
-    # SyncReplicasOptimizer's own averaging ("Stock") updates once per global
-    # step, after the aggregated update: ours equals it in every checkpoint.
-    ours, stock = _saved(record, EMA), _saved(record, "Stock")
-    for step in steps:
-        np.testing.assert_allclose(ours[step], stock[step], rtol=1e-5, atol=1e-6,
-                                   err_msg="checkpoint %d" % step)
 
 
 def test_sync_replicas_optimizer_updates_the_average_once_per_global_step(tmp_path):

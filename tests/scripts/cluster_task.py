@@ -121,7 +121,10 @@ def lazy_model_fn(features, labels, mode, params, config):
         train_op = optimizer.apply_gradients(zip(tf.gradients(loss, parts), parts), step)
         return tf.estimator.EstimatorSpec(
             mode, loss=loss, train_op=train_op,
-            training_hooks=[optimizer.make_session_run_hook(config.is_chief)])
+            # (No tokens before the first step: each replica's run then ends once
+            # the update its gradients went into is applied, before the next can
+            # start, so the chief records the weights after every global step.)
+            training_hooks=[optimizer.make_session_run_hook(config.is_chief, num_tokens=0)])
     apply = tf1.train.AdagradOptimizer(0.5).apply_gradients(
         zip(tf.gradients(loss, parts), parts))
     with tf.control_dependencies([apply]):
