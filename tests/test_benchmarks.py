@@ -1,7 +1,7 @@
 """The benchmark scripts run, and the averaging builds in linear time.
 
-No timing is asserted beyond a generous bound: this machine is shared. The
-measured figures are in benchmarks/README.md.
+No timing is asserted but a ratio of two build times measured side by side:
+this machine is shared. The measured figures are in benchmarks/README.md.
 """
 
 import json
@@ -44,9 +44,11 @@ def test_build_time_script_runs(tmp_path):
     assert report["averager"] > 0 and report["hook_ops"] > 0
 
 
-def test_averaging_over_1000_variables_builds_in_linear_time_and_once():
+def _build_seconds(variables):
+    """Seconds to build the averaging of `variables` variables; checks that a
+    second update adds no variable."""
     with tf.Graph().as_default() as graph:
-        weights = [tf1.get_variable("v%d" % i, [4]) for i in range(1000)]
+        weights = [tf1.get_variable("v%d" % i, [4]) for i in range(variables)]
         loss = tf.add_n([tf.reduce_sum(w) for w in weights])
         step = tf1.train.get_or_create_global_step()
         train_op = tf1.train.GradientDescentOptimizer(0.1).minimize(loss, global_step=step)
@@ -57,10 +59,16 @@ def test_averaging_over_1000_variables_builds_in_linear_time_and_once():
         count = len(tf1.global_variables())
         averager.update()   # a second update (the hook builds two) adds no variable
         assert len(tf1.global_variables()) == count
-    assert count == 2 * 1000 + 1
-    # About 2.5 s here with TF 2.15 (TensorFlow's own op creation, ~0.2 ms an op);
-    # quadratic bookkeeping took over 10 s.
-    assert seconds < 10
+    assert count == 2 * variables + 1
+    return seconds
+
+
+def test_averaging_over_1000_variables_builds_in_linear_time_and_once():
+    # A ratio of two sizes built one after the other, so that the machine's load
+    # cancels: linear is about 10 (less, with fixed costs), bookkeeping
+    # quadratic in the variables tends to 100.
+    small, large = _build_seconds(100), _build_seconds(1000)
+    assert large / small < 16, (small, large)
 
 
 def test_throughput_runs_a_baseline_copy_of_the_package_side_by_side(tmp_path):
