@@ -284,24 +284,29 @@ class ExponentialMovingAverager(Averager):
         with self._beside_step():
             step = read_fresh(self.global_step) + 1
             self._then = step, self._due(step)
-            increment = _rows.clock_increment(self.decay(step), self._then[1])
-        return _rows.LazyRows(found, increment)
+            decay = self.decay(step)
+            if self._then[1] is not None:  # an update not due moves nothing
+                decay = tf.where_v2(self._then[1], decay, tf.ones_like(decay))
+        return _rows.LazyRows(found, decay)
 
     def _apply(self, step, gate=None):
         with self._beside_step():
             decay = self.decay(step)
-            one_minus_by_dtype = {}
-            for i, avg in enumerate(self.averages):
-                dtype = avg.dtype.base_dtype
-                if i not in self._lazy and dtype not in one_minus_by_dtype:
-                    one_minus = tf.cast(1.0 - decay, dtype)
-                    one_minus_by_dtype[dtype] = (one_minus, -one_minus)
+        # Only the decay goes to each device that holds averages (once: one
+        # transfer serves every op there); what is computed from it is computed
+        # there, once per device and dtype.
+        one_minus_by_place = {}
         updates = []
         for i, (var, avg) in enumerate(zip(self.variables, self.averages)):
-            if i not in self._lazy:
-                with avg.graph.colocate_with(avg):  # on the average's device
-                    updates.append(self._apply_one(i, var, avg, decay, gate,
-                                                   *one_minus_by_dtype[avg.dtype.base_dtype]))
+            if i in self._lazy:
+                continue
+            with avg.graph.colocate_with(avg):  # on the average's device
+                place = avg.device, avg.dtype.base_dtype
+                if place not in one_minus_by_place:
+                    one_minus = tf.cast(1.0 - decay, place[1])
+                    one_minus_by_place[place] = one_minus, -one_minus
+                updates.append(self._apply_one(i, var, avg, decay, gate,
+                                               *one_minus_by_place[place]))
         return tf.group(*updates)
 
     def _apply_one(self, i, var, avg, decay, gate, one_minus, minus_one_minus):

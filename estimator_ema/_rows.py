@@ -82,6 +82,13 @@ def _indices_position(op):
     return names.index("indices") if "indices" in names else None
 
 
+def _values_position(op):
+    """The position of the rows' values (`grad` or `updates`) among the inputs of
+    a sparse row write op."""
+    names = [arg.name for arg in op.op_def.input_arg]
+    return names.index("grad") if "grad" in names else names.index("updates")
+
+
 def before_the_step(global_step, ran):
     """The ops that every op among `ran` writing the global step waits for (None
     if none writes it: nothing is known to come before the step)."""
@@ -105,10 +112,9 @@ class _Lazy(object):
     The rows are the writes' indices, traced back through `Unique`, `Reshape`
     and `Identity` to a tensor the step computes early (a sparse gradient's
     indices, duplicates and all: every entry of a row computes the same
-    value), so that the fold runs beside the forward and backward pass. Where
-    the forward pass gathers the variable's rows at one of those tensors
-    before the writes (an embedding lookup), its rows are the weights;
-    elsewhere they are gathered."""
+    value). Where the forward pass gathers the variable's rows at one of
+    those tensors before the writes (an embedding lookup), its rows are the
+    weights; elsewhere they are gathered."""
 
     def __init__(self, variable, average, writes, indices):
         self.variable, self.average, self.writes = variable, average, writes
@@ -119,12 +125,13 @@ class _Lazy(object):
                                        use_resource=True)
         before = set.intersection(*[ancestors(op) for op in writes])
         traced = [_trace(i, variable, before) for i in indices]
-        # The fold waits for the forward pass to have taken the looked-up rows
-        # (on a cluster: for the rows to have left for the task), so that it
-        # runs while the task computes rather than before the rows are sent.
-        self._taken = [op for _, rows in traced if rows is not None for op in rows.consumers()
-                       if op._get_control_flow_context() is None]
         with _beside(average):
+            # The fold waits for the values the writes will write (a gradient):
+            # it never delays the looked-up rows on their way to the forward
+            # pass, and on a cluster it waits for nothing the writes do not
+            # already receive (one transfer of a tensor to a device serves
+            # every op there that reads it).
+            self._arrived = [tf.shape(op.inputs[_values_position(op)]) for op in writes]
             flat = [_flat(i) for i, _ in traced]
             if len({i.dtype for i in flat}) > 1:
                 flat = [tf.cast(i, tf.int64) for i in flat]
@@ -136,12 +143,13 @@ class _Lazy(object):
             else:
                 self.old = gather(variable, self.rows)
 
-    def fold(self, increment):
+    def fold(self, decay):
         """The ops that bring the rows' averages up to date and then advance the
-        clock by `increment` (float64): (the row clocks' and averages' writes,
-        the clock's)."""
+        clock by `-log(decay)` (see `clock_increment`): (the row clocks' and
+        averages' writes, the clock's)."""
         with _beside(self.average):
-            with tf.control_dependencies([self.old] + self._taken):
+            increment = clock_increment(decay)
+            with tf.control_dependencies([self.old] + self._arrived):
                 average = gather(self.average, self.rows)
             with tf.control_dependencies([average]):
                 then = gather(self.row_clock, self.rows)
@@ -248,33 +256,28 @@ def _flat(indices):
     return indices if indices.shape.ndims == 1 else tf.reshape(indices, [-1])
 
 
-def clock_increment(decay, due=None):
-    """What a step advances the clocks by: `-log(decay)` (float64), 0 if the bool
-    tensor `due` is false."""
-    increment = -tf.math.log(tf.maximum(tf.cast(decay, tf.float64), _LEAST_DECAY))
-    if due is not None:
-        increment = tf.where_v2(due, increment, tf.constant(0.0, tf.float64))
-    return increment
+def clock_increment(decay):
+    """What an update of decay `decay` advances the clocks by: `-log(decay)`
+    (float64; 0 for the decay 1 of an update that is not due)."""
+    return -tf.math.log(tf.maximum(tf.cast(decay, tf.float64), _LEAST_DECAY))
 
 
 class LazyRows(object):
     """The lazily averaged variables of one exponential moving average.
 
     Build it while the training step's writes are still unordered, with the
-    clock increment of the decay in effect after the step (0 where, with
-    `every_n_steps`, its update is not due) read from the global step before
-    them. Before the writes,
-    beside the forward and backward pass, each step folds the rows it will
-    write (see `_Lazy.fold`) and advances each clock by `-log(decay)` (0 if
-    the update is not due); nothing runs after the writes.
+    decay in effect after the step (1 where, with `every_n_steps`, its update
+    is not due) read from the global step before them. Before the writes,
+    each step folds the rows it will write (see `_Lazy.fold`) and advances
+    each clock by `-log(decay)`; nothing runs after the writes.
     """
 
-    def __init__(self, found, increment):
-        """`found`: `[(variable, average, writes, indices)]`; `increment`: the
-        step's `clock_increment`."""
+    def __init__(self, found, decay):
+        """`found`: `[(variable, average, writes, indices)]`; `decay`: the step's
+        decay (float32 scalar), sent once to each device that holds averages."""
         self.lazy = [_Lazy(*args) for args in found]
         for lazy in self.lazy:
-            before = lazy.fold(increment)
+            before = lazy.fold(decay)
             for op in lazy.writes:
                 for wait in before:
                     op._add_control_input(wait)
