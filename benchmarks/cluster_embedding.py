@@ -16,6 +16,13 @@ and reports their rate. Variants take turns in rounds, the order rotated each
 round; each run's rate is divided by the no-averaging run's of the same
 round: the medians and quartiles of those ratios are reported.
 
+On a machine shared with other work the rates say as much about the other
+work as about the variant, so the script also reports what each global step
+costs: the CPU time (user and system, from /proc on Linux) that all the
+cluster's processes spent over the window, divided by its global steps, and
+as a ratio, no averaging's cost over the variant's (the throughput ratio a
+CPU-bound cluster would have on a machine of its own).
+
 Variants:
 
   none         no averaging
@@ -131,7 +138,8 @@ def run_task(args):
             elif self._start is not None and now - self._start[0] >= args.window:
                 seconds, steps = now - self._start[0], step - self._start[1]
                 with open(os.path.join(model_dir, "report.json"), "w") as handle:
-                    json.dump({"steps": steps, "seconds": seconds}, handle)
+                    json.dump({"steps": steps, "seconds": seconds, "start": self._start[0],
+                               "end": now}, handle)
                 run_context.request_stop()
 
     hooks = [Window()]
@@ -156,8 +164,32 @@ def _free_ports(count):
             s.close()
 
 
+def _cpu_seconds(pids):
+    """The CPU time (user and system) the processes `pids` have spent, or None
+    where /proc cannot tell."""
+    total = 0
+    try:
+        for pid in pids:
+            with open("/proc/%d/stat" % pid) as handle:
+                fields = handle.read().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (ticks)
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / float(os.sysconf("SC_CLK_TCK"))
+
+
+def _at(samples, when):
+    """The CPU seconds at time `when`, interpolated between `(time, seconds)`
+    samples; None if the samples do not span it."""
+    for (t0, c0), (t1, c1) in zip(samples, samples[1:]):
+        if t0 <= when <= t1 and None not in (c0, c1):
+            return c0 + (c1 - c0) * (when - t0) / max(t1 - t0, 1e-9)
+    return None
+
+
 def run_cluster(variant, rows, args, work_dir):
-    """Global steps/s of one run of `variant` (starts and kills the cluster)."""
+    """(global steps/s, CPU seconds of the cluster per global step or None) of
+    one run of `variant` (starts and kills the cluster)."""
     model_dir = tempfile.mkdtemp(prefix=variant + "-", dir=work_dir)
     addresses = ["127.0.0.1:%d" % p for p in _free_ports(1 + args.workers + args.ps)]
     spec = {"chief": addresses[:1], "ps": addresses[1 + args.workers:]}
@@ -179,16 +211,20 @@ def run_cluster(variant, rows, args, work_dir):
                  "--window", str(args.window)],
                 env=env, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.time() + args.warmup + args.window + 600
+        samples = []
         while not os.path.exists(report):
+            samples.append((time.time(), _cpu_seconds([p.pid for p in processes])))
             chief = processes[args.ps]
             if chief.poll() not in (None, 0) or time.time() > deadline:
                 with open(os.path.join(model_dir, "chief0.log")) as handle:
                     raise RuntimeError("%s: the chief failed:\n%s"
                                        % (variant, handle.read()[-3000:]))
             time.sleep(0.2)
+        samples.append((time.time(), _cpu_seconds([p.pid for p in processes])))
         time.sleep(0.2)
         with open(report) as handle:
             result = json.load(handle)
+        start, end = _at(samples, result["start"]), _at(samples, result["end"])
         with open(os.path.join(model_dir, "chief0.log")) as handle:
             lazy = "averaged lazily" in handle.read()
         if lazy != (variant in ("hook", "with_ema")):
@@ -199,7 +235,8 @@ def run_cluster(variant, rows, args, work_dir):
             process.kill()
             process.wait()
         shutil.rmtree(model_dir, ignore_errors=True)
-    return result["steps"] / result["seconds"]
+    cost = None if None in (start, end) else (end - start) / max(result["steps"], 1)
+    return result["steps"] / result["seconds"], cost
 
 
 def quartiles(values):
@@ -208,12 +245,15 @@ def quartiles(values):
 
 
 def measure(rows, variants, args, work_dir):
-    rates = {v: [] for v in variants}
+    rates, costs = {v: [] for v in variants}, {v: [] for v in variants}
     for r in range(args.rounds):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
-            rates[v].append(run_cluster(v, rows, args, work_dir))
-            print("  round %d %-11s %8.1f global steps/s" % (r + 1, v, rates[v][-1]))
+            rate, cost = run_cluster(v, rows, args, work_dir)
+            rates[v].append(rate)
+            costs[v].append(cost)
+            print("  round %d %-11s %8.1f global steps/s, %s CPU ms a step"
+                  % (r + 1, v, rate, "?" if cost is None else "%.2f" % (1000 * cost)))
             sys.stdout.flush()
     results = {}
     for v in variants:
@@ -222,6 +262,13 @@ def measure(rows, variants, args, work_dir):
                       "ratio": statistics.median(ratios),
                       "ratio_quartiles": quartiles(ratios),
                       "rounds_steps_per_s": rates[v], "rounds_ratio": ratios}
+        if None not in costs[v] + costs["none"]:
+            cost_ratios = [b / a for a, b in zip(costs[v], costs["none"])]
+            results[v].update(
+                cpu_ms_per_step=1000 * statistics.median(costs[v]),
+                cost_ratio=statistics.median(cost_ratios),
+                cost_ratio_quartiles=quartiles(cost_ratios),
+                rounds_cpu_ms_per_step=[1000 * c for c in costs[v]])
     return results
 
 
@@ -266,12 +313,17 @@ def main(argv=None):
                   "(TF %s)" % (rows, DIM, args.ps, args.workers, IDS, BATCH, tf.__version__))
             results = measure(rows, variants, args, work_dir)
             report["tables"][str(rows)] = results
-            print("  %-11s %10s %8s  %-15s" % ("variant", "steps/s", "ratio",
-                                              "ratio quartiles"))
+            print("  %-11s %10s %8s  %-15s %12s %8s  %s" % (
+                "variant", "steps/s", "ratio", "quartiles", "CPU ms/step", "ratio",
+                "quartiles"))
             for v in variants:
                 r = results[v]
-                print("  %-11s %10.1f %8.3f  %.3f-%.3f"
-                      % ((v, r["steps_per_s"], r["ratio"]) + r["ratio_quartiles"]))
+                line = "  %-11s %10.1f %8.3f  %.3f-%.3f    " % (
+                    (v, r["steps_per_s"], r["ratio"]) + r["ratio_quartiles"])
+                if "cost_ratio" in r:
+                    line += "%12.2f %8.3f  %.3f-%.3f" % (
+                        (r["cpu_ms_per_step"], r["cost_ratio"]) + r["cost_ratio_quartiles"])
+                print(line)
             sys.stdout.flush()
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
