@@ -103,8 +103,8 @@ def check_skips(record, skip_adds_to_the_step):
     assert steps[-1] == STEPS
 
 
-def _gradients(features, labels):
-    w, b, predictions = linear(features, use_resource=True)
+def _gradients(features, labels, use_resource=True):
+    w, b, predictions = linear(features, use_resource=use_resource)
     loss = tf.reduce_mean(tf.square(predictions - labels))
     optimizer = tf1.train.GradientDescentOptimizer(0.1)
     grads = optimizer.compute_gradients(loss)
@@ -116,8 +116,9 @@ def cond_train_op_model_fn(features, labels, mode, params):
     """The train op is the `tf.cond` itself: apply, or skip (`params["skip"]`:
     "step" adds one to the global step, "nothing" leaves it); with
     `params["identity"]` the branches return a tensor and the train op is an
-    identity of the cond's output."""
-    optimizer, grads, finite, loss, predictions = _gradients(features, labels)
+    identity of the cond's output; `params["reference"]`: reference variables."""
+    optimizer, grads, finite, loss, predictions = _gradients(
+        features, labels, use_resource=not params.get("reference"))
     step = tf1.train.get_or_create_global_step()
 
     def branch(op, value):
@@ -182,6 +183,15 @@ def test_a_cond_train_op_whose_skip_leaves_the_step(tmp_path, how, identity):
     record = train(tmp_path, with_params(cond_train_op_model_fn, skip="nothing",
                                          identity=identity), how, "ema")
     check_skips(record, skip_adds_to_the_step=False)
+
+
+@pytest.mark.skipif(not IS_TF1, reason="TF 2's tf.cond cannot assign reference variables")
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+@pytest.mark.parametrize("skip", ["step", "nothing"])
+def test_a_cond_train_op_over_reference_variables(tmp_path, how, skip):
+    record = train(tmp_path, with_params(cond_train_op_model_fn, skip=skip, reference=True),
+                   how, "ema")
+    check_skips(record, skip_adds_to_the_step=skip == "step")
 
 
 WRAPPERS = [

@@ -264,7 +264,7 @@ def test_a_resumed_run_continues_the_average_of_the_last_checkpoint(tmp_path, sh
     assert train(tmp_path, SHAPES[shape], how, "ema", steps=4, resume_steps=3) == 4 + 1 + 3 + 1
 
 
-@pytest.mark.parametrize("kind", ["ema", "swa"])
+@pytest.mark.parametrize("kind", sorted(AVERAGING))
 @pytest.mark.parametrize("how", ["hook", "decorator"])
 def test_a_cond_train_op_is_averaged_after_its_branch(tmp_path, how, kind):
     # In TF 2 the cond is an `If` op, and a control edge from it does not wait
