@@ -146,9 +146,10 @@ def training_ops(global_step, variables):
 
     Candidates are the ops, outside control flow, that are or follow a write
     of the global step and a write of one of `variables` (initializers and
-    checkpoint restores aside) and either group other ops (NoOp) or may write
-    the global step or one of `variables`. Of those, the ones no other
-    candidate follows.
+    checkpoint restores aside) and either group other ops (NoOp), or may write
+    the global step or one of `variables` (TF 2's `If` op among them), or end
+    a TF 1 `tf.cond` one of whose branches may (its `Merge` ops). Of those,
+    the ones no other candidate follows.
     """
     def seeds(some):
         initializers = {v.initializer for v in some}
@@ -156,11 +157,30 @@ def training_ops(global_step, variables):
 
     written = writers(list(variables) + [global_step])
     following = _following(seeds([global_step])) & _following(seeds(list(variables)))
+    branches = _branches_of(written)
     candidates = {op for op in following
                   if op._get_control_flow_context() is None
-                  and (op.type == "NoOp" or op in written)}
+                  and (op.type == "NoOp" or op in written or _ends_a_branch(op, branches))}
     last = [op for op in candidates if not (_following([op]) - {op}) & candidates]
     return sorted(last, key=lambda op: op.name)
+
+
+def _branches_of(ops):
+    """The control-flow contexts (TF 1 `tf.cond` branches, loop bodies) that
+    hold one of `ops`, directly or around the context that does."""
+    found = set()
+    for op in ops:
+        context = op._get_control_flow_context()
+        while context is not None and context not in found:
+            found.add(context)
+            context = context.outer_context
+    return found
+
+
+def _ends_a_branch(op, branches):
+    """Whether `op` is a TF 1 `tf.cond`'s `Merge` of an output of one of `branches`."""
+    return op.type in ("Merge", "RefMerge") and any(
+        t.op._get_control_flow_context() in branches for t in op.inputs)
 
 
 def _following(ops):

@@ -47,8 +47,9 @@ class Selection(object):
                     "'variables' must hold tf.Variable objects (got %r)." % (var,))
         return list(chosen)
 
-    def select(self, graph):
-        """The variables to average, in a stable order; raises if none remain."""
+    def select(self, graph, required=True):
+        """The variables to average, in a stable order; raises if none remain,
+        unless not `required`."""
         candidates = self.candidates(graph)
         chosen, seen = [], set()
         for var in candidates:
@@ -66,7 +67,7 @@ class Selection(object):
             if id(var) not in seen:
                 seen.add(id(var))
                 chosen.append(var)
-        if not chosen:
+        if not chosen and required:
             raise ValueError(self._empty_message(candidates))
         return chosen
 

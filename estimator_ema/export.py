@@ -10,72 +10,7 @@ expects the weights.
 
 from estimator_ema import _checks, _options, checkpoints
 from estimator_ema._compat import tf, tf_estimator
-from estimator_ema._scaffolds import replace_scaffold
-
-
-def _slice(var):
-    """`(slice spec, full shape)` of `var` under its `checkpoint_key`: a
-    partitioned variable's part is a slice of the whole."""
-    info = var._get_save_slice_info()
-    if info is not None:
-        return info.spec, list(info.full_shape)
-    return "", var.shape.as_list()
-
-
-class CheckpointAveragesSaver(tf.train.Saver):
-    """A Saver that restores each variable from its average in the checkpoint it restores.
-
-    Which variables have an average is read from the checkpoint given to
-    `restore`, whichever that is (the model_dir's latest, or `checkpoint_path=`
-    of evaluate, predict or export). Every global variable of the graph is
-    restored, as by Estimator's default Saver: `<v>/<name>` where the checkpoint
-    has it, `<v>` otherwise (optimizer slots, the global step, variables without
-    an average). A partitioned variable's part reads its slice of
-    `<full name>/<name>`. `save` and `saver_def` are those of a plain Saver over
-    the same variables, so a SavedModel exported through it holds the averaged
-    values under the plain names.
-    """
-
-    def __init__(self, variables, name):
-        variables = sorted(variables, key=lambda v: v.op.name)
-        super(CheckpointAveragesSaver, self).__init__(variables, sharded=True)
-        self._average_name = name
-        self._variables = variables
-        with tf.name_scope("restore_averages"), tf.device("/device:CPU:0"):
-            self._prefix = tf.placeholder(tf.string, [], name="prefix")
-            self._keys = tf.placeholder(tf.string, [len(variables)], name="keys")
-            values = tf.raw_ops.RestoreV2(
-                prefix=self._prefix, tensor_names=self._keys,
-                shape_and_slices=[_slice(v)[0] for v in variables],
-                dtypes=[v.dtype.base_dtype for v in variables])
-        self._restore_op = tf.group(*[tf.assign(v, value) for v, value in zip(variables, values)])
-
-    def restore(self, sess, save_path):
-        """Loads every variable from checkpoint `save_path`, from its average where it has one.
-
-        Raises:
-          ValueError: the checkpoint has no average named `name` for any of
-            the variables, lacks a variable, or holds one with another shape.
-        """
-        shapes = tf.train.NewCheckpointReader(save_path).get_variable_to_shape_map()
-        averages = checkpoints.checkpoint_averages(shapes, self._average_name)
-        keys, missing = [], []
-        for var in self._variables:
-            key = checkpoints.checkpoint_key(var)
-            key, shape = averages.get(key, key), _slice(var)[1]
-            keys.append(key)
-            if key not in shapes:
-                missing.append(key)
-            elif shapes[key] != shape:
-                raise ValueError("Checkpoint %r holds %s with shape %s, but variable %s has "
-                                 "shape %s." % (save_path, key, shapes[key], var.op.name, shape))
-        if missing:
-            raise ValueError("Checkpoint %r has no value for variable(s) %s."
-                             % (save_path, sorted(set(missing))))
-        if not set(keys) & set(averages.values()):
-            raise ValueError("Checkpoint %r has no averages named %r for this model's variables."
-                             % (save_path, self._average_name))
-        sess.run(self._restore_op, {self._prefix: save_path, self._keys: keys})
+from estimator_ema._scaffolds import CheckpointAveragesSaver, replace_scaffold
 
 
 class _AveragedEstimator(tf_estimator.Estimator):

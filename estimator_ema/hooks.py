@@ -17,10 +17,11 @@ class _AveragingHook(tf.train.SessionRunHook):
 
     In `begin()` the hook finds the ops a training step may fetch as its train
     op: the last ops, outside control flow, that are or follow a write of the
-    global step and either group ops or write a variable
-    (`minimize(global_step=...)`'s increment, a `tf.group` after a Keras
-    optimizer, a clip after the optimizer, a `tf.cond` around the apply). For
-    each it builds the update, in the cheapest way that op allows:
+    global step and either group ops, write a variable or end a `tf.cond`
+    whose branches do (`minimize(global_step=...)`'s increment, a `tf.group`
+    after a Keras optimizer, a clip after the optimizer, a `tf.cond` around
+    the apply: TF 2's `If` op, TF 1's `Merge` ops). For each it builds the
+    update, in the cheapest way that op allows:
 
     - woven: an increment that adds one to the global step (not on a
       parameter server) gets the update as a control input, ordered after

@@ -10,9 +10,8 @@ from estimator_ema._compat import ESTIMATOR_CLASSES, tf, tf_estimator
 from estimator_ema._distribution import check_decorator_strategy
 from estimator_ema._graphs import ancestors, training_ops, training_step
 from estimator_ema._savers import adopting_train_spec
-from estimator_ema._scaffolds import AveragesSaver, replace_scaffold
-from estimator_ema.checkpoints import checkpoint_key, saver_var_list
-from estimator_ema.export import CheckpointAveragesSaver
+from estimator_ema._scaffolds import CheckpointAveragesSaver, replace_scaffold
+from estimator_ema.checkpoints import checkpoint_key
 
 EVALUATE_WITH = ("averages", "weights", "both")
 RAW_SCOPE = "raw_weights"
@@ -45,9 +44,13 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
     weights too.
 
     EVAL / PREDICT: with `evaluate_with="averages"` (the default) every
-    averaged variable is restored from its average; no shadow variable is
-    created. `"weights"` uses the raw weights; `"both"` evaluates the averages
-    and, in the same `evaluate()`, the raw weights under metric names prefixed
+    variable that has an average in the checkpoint is restored from it; no
+    shadow variable is created. Which variables have one is read from the
+    checkpoint, not from this mode's graph, so a variable trainable in TRAIN
+    only is restored from its average; one this graph selects that training
+    did not average (trainable only outside TRAIN) is a ValueError.
+    `"weights"` uses the raw weights; `"both"` evaluates the averages and, in
+    the same `evaluate()`, the raw weights under metric names prefixed
     `raw_weights/` (the model_fn is built a second time under the
     `raw_weights` variable scope; model code whose variables do not follow
     variable scopes gets a ValueError). A SavedModel exported from the
@@ -305,17 +308,24 @@ def _train_spec(spec, averager):
         _with_scaffold(spec._replace(train_op=train_op), initializing_scaffold), averager)
 
 
-def _averages_map(options, graph):
-    """`[(checkpoint key, variable)]`: averaged variables from their averages."""
-    averaged = set(options.selection.select(graph))
-    return [(_options.shadow_name(checkpoint_key(v), options.name) if v in averaged
-             else checkpoint_key(v), v)
-            for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)]
+_MODES = {tf_estimator.ModeKeys.EVAL: "EVAL", tf_estimator.ModeKeys.PREDICT: "PREDICT"}
+
+
+def _restored(options):
+    """The variables an EVAL / PREDICT graph restores, its global variables as
+    they are now, and those of them it selects for averaging, which may be
+    none: the checkpoint says which are restored from an average (see
+    `CheckpointAveragesSaver`), the selection which must be."""
+    graph = tf.get_default_graph()
+    return (graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES),
+            options.selection.select(graph, required=False))
 
 
 def _averages_spec(spec, options):
     def averages_scaffold(scaffold):
-        saver = AveragesSaver(saver_var_list(_averages_map(options, tf.get_default_graph())))
+        variables, selected = _restored(options)
+        saver = CheckpointAveragesSaver(variables, options.name, selected=selected,
+                                        mode=_MODES[spec.mode])
         return replace_scaffold(scaffold, saver=saver)
 
     return _with_scaffold(spec, averages_scaffold)
@@ -323,8 +333,8 @@ def _averages_spec(spec, options):
 
 def _both_spec(spec, options, build_again):
     graph = tf.get_default_graph()
-    averages_map = _averages_map(options, graph)
-    existing = {v.op.name: v for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)}
+    variables, selected = _restored(options)
+    existing = {v.op.name: v for v in variables}
     with tf.variable_scope(RAW_SCOPE):
         raw_spec = build_again()
     prefix = RAW_SCOPE + "/"
@@ -347,8 +357,7 @@ def _both_spec(spec, options, build_again):
             # slots, say): initialize it like a metric variable.
             graph.get_collection_ref(tf.GraphKeys.GLOBAL_VARIABLES).remove(var)
             graph.add_to_collection(tf.GraphKeys.LOCAL_VARIABLES, var)
-    uncopied = [v.op.name for k, v in averages_map
-                if k != checkpoint_key(v) and v.op.name not in raw_map]
+    uncopied = [v.op.name for v in selected if v.op.name not in raw_map]
     if strays or uncopied:
         raise ValueError(
             "evaluate_with='both' builds the model_fn again under the %r variable scope, but "
@@ -356,8 +365,8 @@ def _both_spec(spec, options, build_again):
             "Create variables with tf.compat.v1.get_variable, tf.compat.v1.layers or tf_slim, "
             "or use evaluate_with='averages' or 'weights'."
             % (RAW_SCOPE, strays[:5], uncopied[:5]))
-    saver = AveragesSaver(saver_var_list(averages_map),
-                          saver_var_list((checkpoint_key(existing[plain]), var)
-                                         for plain, var in raw_map.items()))
+    saver = CheckpointAveragesSaver(
+        variables, options.name, selected=selected, mode=_MODES[spec.mode],
+        raw_copies=[(checkpoint_key(existing[plain]), var) for plain, var in raw_map.items()])
     return spec._replace(eval_metric_ops=metrics,
                          scaffold=replace_scaffold(spec.scaffold, saver=saver))
