@@ -25,7 +25,7 @@ def make_data(rows, seed):
     return x, y
 
 
-@estimator_ema.with_ema(decay=0.99, evaluate_with="both")
+@estimator_ema.with_ema(decay=0.995, evaluate_with="both")
 def model_fn(features, labels, mode, params):
     training = mode == tf.estimator.ModeKeys.TRAIN
     net = tf1.layers.batch_normalization(features, training=training, name="input_bn")
