@@ -60,3 +60,4 @@ def test_dense_update_over_20000_steps_is_as_precise_as_stock(use_resource):
     stock_error = np.max(np.abs(stock - oracle))
     assert stock_error < 2e-4, stock_error
     assert ours_error <= stock_error, (ours_error, stock_error)
+    np.testing.assert_array_equal(ours, stock)  # stock's arithmetic, bit for bit
