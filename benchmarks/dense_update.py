@@ -25,6 +25,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+import estimator_ema._averaging  # noqa: F401 (attributes of the installed package)
+import estimator_ema._options  # noqa: F401
 from throughput import BASELINE, PACKAGES, load_baseline, quartiles
 
 tf1 = tf.compat.v1
