@@ -45,6 +45,16 @@ def test_build_time_script_runs(tmp_path):
     assert report["averager"] > 0 and report["hook_ops"] > 0
 
 
+
+def test_dense_update_script_times_stock_and_ours(tmp_path):
+    out = tmp_path / "dense.json"
+    _run("dense_update.py", tmp_path, "--layers", "2", "--width", "8", "--rounds", "2",
+         "--steps", "2", "--json", str(out))
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"stock", "ours"}
+    assert all(r["us_per_run"] > 0 for r in results.values())
+
+
 def _build_seconds(variables):
     """Seconds to build the averaging of `variables` variables; checks that a
     second update adds no variable."""
