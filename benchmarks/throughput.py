@@ -137,6 +137,11 @@ def load_baseline(source_dir):
     sys.path.insert(0, os.path.abspath(source_dir))
     try:
         import estimator_ema as baseline
+        # Its public names' modules (imported on first use) and, through them,
+        # its private ones: imported now, from the checkout, not later from
+        # the installed package.
+        for name in baseline.__all__:
+            getattr(baseline, name)
     finally:
         sys.path.pop(0)
         for name in [k for k in sys.modules if k.split(".")[0] == "estimator_ema"]:

@@ -303,19 +303,18 @@ class ExponentialMovingAverager(Averager):
             with avg.graph.colocate_with(avg):  # on the average's device
                 place = avg.device, avg.dtype.base_dtype
                 if place not in one_minus_by_place:
-                    one_minus = tf.cast(1.0 - decay, place[1])
-                    one_minus_by_place[place] = one_minus, -one_minus
+                    one_minus_by_place[place] = tf.cast(1.0 - decay, place[1])
                 updates.append(self._apply_one(i, var, avg, decay, gate,
-                                               *one_minus_by_place[place]))
+                                               one_minus_by_place[place]))
         return tf.group(*updates)
 
-    def _apply_one(self, i, var, avg, decay, gate, one_minus, minus_one_minus):
+    def _apply_one(self, i, var, avg, decay, gate, one_minus):
         """The update of the `i`-th average, `avg` of `var` (see `_apply`)."""
         dtype = avg.dtype.base_dtype
         value = read(var)
         if not self._debias:
             if gate is None:
-                return _move_toward(avg, value, one_minus, minus_one_minus)
+                return _move_toward(avg, value, one_minus)
             old = read(avg)
             return gated_assign(avg, gate, old - (old - value) * one_minus)
         biased, local_step = self._debias[i]
@@ -336,22 +335,19 @@ class ExponentialMovingAverager(Averager):
                 + super(ExponentialMovingAverager, self)._summaries())
 
 
-def _move_toward(avg, value, fraction, minus_fraction):
-    """The op `avg <- avg - fraction * (avg - value)` (`minus_fraction` is
-    `-fraction`, computed once for all variables).
+def _move_toward(avg, value, fraction):
+    """The op `avg <- avg - fraction * (avg - value)`, stock's arithmetic: the
+    difference is the one temporary, and one in-place kernel applies it.
 
-    A reference variable (TF 1) is updated in place by two kernels and no
-    temporary, `avg <- avg - fraction * avg`, then `avg <- avg + fraction * value`.
-    A resource variable's read holds its buffer, so an in-place kernel reading it
-    would copy it: there the difference is the one temporary, and one kernel
-    applies it, `avg <- avg - fraction * (avg - value)`.
+    Scaling the average in place first (`avg <- avg - fraction * avg`, then
+    `avg <- avg + fraction * value`, no temporary) rounds twice at the
+    average's magnitude and drifts from the exact average as steps go by.
     """
+    delta = read(avg) - value
     if hasattr(avg, "handle"):
-        return tf.raw_ops.ResourceApplyGradientDescent(
-            var=avg.handle, alpha=fraction, delta=read(avg) - value)
-    scaled = tf.raw_ops.ApplyGradientDescent(var=avg, alpha=fraction, delta=read(avg))
-    with tf.control_dependencies([scaled]):
-        return tf.raw_ops.ApplyGradientDescent(var=avg, alpha=minus_fraction, delta=value).op
+        return tf.raw_ops.ResourceApplyGradientDescent(var=avg.handle, alpha=fraction,
+                                                       delta=delta)
+    return tf.raw_ops.ApplyGradientDescent(var=avg, alpha=fraction, delta=delta).op
 
 
 def gated_assign(var, gate, value):

@@ -6,6 +6,7 @@ this machine is shared. The measured figures are in benchmarks/README.md.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,16 @@ def test_build_time_script_runs(tmp_path):
     _run("build_time.py", tmp_path, "--variables", "20", "--repeats", "1", "--json", str(out))
     report = json.loads(out.read_text())
     assert report["averager"] > 0 and report["hook_ops"] > 0
+
+
+
+def test_dense_update_script_times_stock_and_ours(tmp_path):
+    out = tmp_path / "dense.json"
+    _run("dense_update.py", tmp_path, "--layers", "2", "--width", "8", "--rounds", "2",
+         "--steps", "2", "--json", str(out))
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"stock", "ours"}
+    assert all(r["us_per_run"] > 0 for r in results.values())
 
 
 def _build_seconds(variables):
@@ -102,3 +113,20 @@ def test_cluster_embedding_quick_mode_runs_a_cluster_per_variant(tmp_path):
     assert set(variants) == {"none", "hook"}
     for variant in variants.values():
         assert variant["steps_per_s"] > 0 and variant["ratio"] > 0
+
+
+def test_a_baseline_copy_runs_its_own_modules(tmp_path):
+    # The package imports its public names' modules on first use: they, and the
+    # private modules dense_update.py builds from, must come from the baseline.
+    baseline = tmp_path / "baseline"
+    shutil.copytree(os.path.dirname(_averaging.__file__), str(baseline / "estimator_ema"))
+    script = ("import sys; sys.path.insert(0, %r); import throughput; "
+              "throughput.load_baseline(%r); copy = throughput.PACKAGES['@baseline']; "
+              "print(copy.hooks.__file__); "
+              "print(copy.ExponentialMovingAverageHook.__init__.__code__.co_filename); "
+              "print(copy._averaging.__file__); print(copy._options.__file__)"
+              % (BENCHMARKS, str(baseline)))
+    out = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), check=True,
+                         timeout=300, stdout=subprocess.PIPE)
+    files = out.stdout.decode().split()
+    assert len(files) == 4 and all(f.startswith(str(baseline)) for f in files), files
