@@ -75,11 +75,12 @@ def _build_seconds(variables):
 
 
 def test_averaging_over_1000_variables_builds_in_linear_time_and_once():
-    # A ratio of two sizes built one after the other, so that the machine's load
-    # cancels: linear is about 10 (less, with fixed costs), bookkeeping
-    # quadratic in the variables tends to 100.
-    small, large = _build_seconds(100), _build_seconds(1000)
-    assert large / small < 16, (small, large)
+    # A ratio of two sizes built side by side (the faster of two builds each),
+    # so that the machine's load cancels: linear measures 7 to 8 here (fixed
+    # costs), bookkeeping quadratic in the variables tends to 100.
+    small = min(_build_seconds(100), _build_seconds(100))
+    large = min(_build_seconds(1000), _build_seconds(1000))
+    assert large / small < 25, (small, large)
 
 
 def test_throughput_runs_a_baseline_copy_of_the_package_side_by_side(tmp_path):
