@@ -331,6 +331,11 @@ def test_each_supported_tensorflow_has_a_working_set_and_a_tox_environment(versi
     assert "%s: -r{toxinidir}/requirements/tf-%s.txt\n" % (factor, version) in tox
 
 
+# tests/test_libraries.py's libraries, installed by CI beside these TensorFlows.
+LIBRARY_TENSORFLOWS = ["1.15", "2.15"]
+
+
 def test_no_working_set_for_an_unsupported_tensorflow():
     assert sorted(os.listdir(os.path.join(REPO, "requirements"))) == sorted(
-        "tf-%s.txt" % version for version in SUPPORTED_TENSORFLOWS)
+        ["tf-%s.txt" % version for version in SUPPORTED_TENSORFLOWS]
+        + ["libraries-tf-%s.txt" % version for version in LIBRARY_TENSORFLOWS])
