@@ -146,6 +146,20 @@ class Averager(object):
         with self._scope("save"):
             return [v for v in state if id(v) not in lazy] + self._rows.saveables()
 
+    def check_savers(self):
+        """Raises RuntimeError if a Saver other than the graph's default one saves a
+        lazy average as it is kept (see `_rows.LazyRows.raw_saves`)."""
+        saves = self._rows.raw_saves() if self._rows is not None else []
+        if saves:
+            raise RuntimeError(
+                "%s: a Saver other than the graph's default one saves the lazily averaged "
+                "tables' averages as they are kept, not brought up to date (its save ops: "
+                "%s); its checkpoints would not hold the averages. Save with the graph's "
+                "default Saver, which Estimator's checkpoints use (built, the averaging "
+                "installed, once training's hooks have begun: "
+                "tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVERS)[0]), or pass "
+                "lazy_rows=False." % (self.options.name, ", ".join(saves)))
+
     def _average_lazily(self, found):
         """The `_rows.LazyRows` of `found`, `[(variable, average, writes, indices)]`."""
         raise NotImplementedError
