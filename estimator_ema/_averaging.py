@@ -7,6 +7,7 @@ exponential moving average; `_swa.StochasticWeightAverager` the SWA.
 
 import contextlib
 import logging
+import weakref
 
 from estimator_ema import _rows
 from estimator_ema._compat import IS_TF1, tf
@@ -15,6 +16,14 @@ from estimator_ema._options import DEBIAS_HELPERS
 from estimator_ema._variables import create_shadow, read, read_fresh
 
 logger = logging.getLogger("estimator_ema")
+
+_AVERAGERS = weakref.WeakKeyDictionary()
+"""`{graph: [averagers built in it]}`, for `averagers`."""
+
+
+def averagers(graph):
+    """The averagers built in `graph`, in the order they were built."""
+    return list(_AVERAGERS.get(graph, ()))
 
 
 class Averager(object):
@@ -48,6 +57,7 @@ class Averager(object):
         for var in self.variables:
             if id(var) not in listed:
                 graph.add_to_collection(tf.GraphKeys.MOVING_AVERAGE_VARIABLES, var)
+        _AVERAGERS.setdefault(graph, []).append(self)
 
     def update(self, after=(), step_offset=0):
         """One op that updates every average, after the ops in `after`.
@@ -145,6 +155,13 @@ class Averager(object):
         lazy = {id(v) for v in self._rows.state()}
         with self._scope("save"):
             return [v for v in state if id(v) not in lazy] + self._rows.saveables()
+
+    def values(self):
+        """`{variable op name: tensor}` of the averages as they are now, a lazy
+        average's rows brought up to date (see `_rows._Lazy.value`)."""
+        with self._scope("read"):
+            return {var.op.name: self._lazy[i].value() if i in self._lazy else read(average)
+                    for i, (var, average) in enumerate(zip(self.variables, self.averages))}
 
     def check_savers(self):
         """Raises RuntimeError if a Saver other than the graph's default one saves a
