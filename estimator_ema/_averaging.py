@@ -18,12 +18,14 @@ from estimator_ema._variables import create_shadow, read, read_fresh
 logger = logging.getLogger("estimator_ema")
 
 _AVERAGERS = weakref.WeakKeyDictionary()
-"""`{graph: [averagers built in it]}`, for `averagers`."""
+"""`{graph: [weak references to the averagers built in it]}`, for `averagers`:
+neither a graph nor an averager (which refers to its graph) is kept alive."""
 
 
 def averagers(graph):
-    """The averagers built in `graph`, in the order they were built."""
-    return list(_AVERAGERS.get(graph, ()))
+    """The averagers built in `graph` that are still in use, in the order they
+    were built."""
+    return [a for a in (ref() for ref in _AVERAGERS.get(graph, ())) if a is not None]
 
 
 class Averager(object):
@@ -57,7 +59,7 @@ class Averager(object):
         for var in self.variables:
             if id(var) not in listed:
                 graph.add_to_collection(tf.GraphKeys.MOVING_AVERAGE_VARIABLES, var)
-        _AVERAGERS.setdefault(graph, []).append(self)
+        _AVERAGERS.setdefault(graph, []).append(weakref.ref(self))
 
     def update(self, after=(), step_offset=0):
         """One op that updates every average, after the ops in `after`.

@@ -60,7 +60,8 @@ def test_a_graph_without_those_averages_is_refused():
             estimator_ema.average_tensors()
         tf1.get_variable("w", [2])
         tf1.train.get_or_create_global_step()
-        estimator_ema.ExponentialMovingAverageHook(decay=0.5).begin()
+        hook = estimator_ema.ExponentialMovingAverageHook(decay=0.5)
+        hook.begin()
         assert sorted(estimator_ema.average_tensors()) == ["w"]
         with pytest.raises(ValueError, match=r"named 'SWA' \(it has: 'ExponentialMovingAverage'\)"):
             estimator_ema.average_tensors(name="SWA")
