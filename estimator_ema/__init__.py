@@ -16,6 +16,7 @@ _MODULES = {
     "AveragedFinalExporter": "export",
     "ExponentialMovingAverageHook": "hooks",
     "StochasticWeightAveragingHook": "hooks",
+    "average_tensors": "reading",
     "averaged_estimator": "export",
     "export_saved_model": "export",
     "read_averages": "reading",

@@ -7,6 +7,7 @@ exponential moving average; `_swa.StochasticWeightAverager` the SWA.
 
 import contextlib
 import logging
+import weakref
 
 from estimator_ema import _rows
 from estimator_ema._compat import IS_TF1, tf
@@ -15,6 +16,16 @@ from estimator_ema._options import DEBIAS_HELPERS
 from estimator_ema._variables import create_shadow, read, read_fresh
 
 logger = logging.getLogger("estimator_ema")
+
+_AVERAGERS = weakref.WeakKeyDictionary()
+"""`{graph: [weak references to the averagers built in it]}`, for `averagers`:
+neither a graph nor an averager (which refers to its graph) is kept alive."""
+
+
+def averagers(graph):
+    """The averagers built in `graph` that are still in use, in the order they
+    were built."""
+    return [a for a in (ref() for ref in _AVERAGERS.get(graph, ())) if a is not None]
 
 
 class Averager(object):
@@ -48,6 +59,7 @@ class Averager(object):
         for var in self.variables:
             if id(var) not in listed:
                 graph.add_to_collection(tf.GraphKeys.MOVING_AVERAGE_VARIABLES, var)
+        _AVERAGERS.setdefault(graph, []).append(weakref.ref(self))
 
     def update(self, after=(), step_offset=0):
         """One op that updates every average, after the ops in `after`.
@@ -145,6 +157,27 @@ class Averager(object):
         lazy = {id(v) for v in self._rows.state()}
         with self._scope("save"):
             return [v for v in state if id(v) not in lazy] + self._rows.saveables()
+
+    def values(self):
+        """`{variable op name: tensor}` of the averages as they are now, a lazy
+        average's rows brought up to date (see `_rows._Lazy.value`)."""
+        with self._scope("read"):
+            return {var.op.name: self._lazy[i].value() if i in self._lazy else read(average)
+                    for i, (var, average) in enumerate(zip(self.variables, self.averages))}
+
+    def check_savers(self):
+        """Raises RuntimeError if a Saver other than the graph's default one saves a
+        lazy average as it is kept (see `_rows.LazyRows.raw_saves`)."""
+        saves = self._rows.raw_saves() if self._rows is not None else []
+        if saves:
+            raise RuntimeError(
+                "%s: a Saver other than the graph's default one saves the lazily averaged "
+                "tables' averages as they are kept, not brought up to date (its save ops: "
+                "%s); its checkpoints would not hold the averages. Save with the graph's "
+                "default Saver, which Estimator's checkpoints use (built, the averaging "
+                "installed, once training's hooks have begun: "
+                "tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVERS)[0]), or pass "
+                "lazy_rows=False." % (self.options.name, ", ".join(saves)))
 
     def _average_lazily(self, found):
         """The `_rows.LazyRows` of `found`, `[(variable, average, writes, indices)]`."""

@@ -297,6 +297,25 @@ class LazyRows(object):
         """Every variable the saveables stand for."""
         return [v for lazy in self.lazy for v in (lazy.average, lazy.row_clock, lazy.clock)]
 
+    def raw_saves(self):
+        """The save ops that save a lazy average as it is kept (rows not brought up
+        to date), not through its saveable: a Saver other than the graph's
+        default one, built over the average variable itself."""
+        found = set()
+        for lazy in self.lazy:
+            average = lazy.average
+            tensors = [average.handle if hasattr(average, "handle") else average.op.outputs[0]]
+            # A Saver saves a variable through at most a read and two identities.
+            for _ in range(3):
+                consumers = [op for t in tensors for op in t.consumers()]
+                found.update(op for op in consumers if op.type in _SAVE_OPS)
+                tensors = [t for op in consumers if op.type in _READS for t in op.outputs]
+        return sorted(op.name for op in found)
+
+
+_SAVE_OPS = ("SaveV2", "Save", "SaveSlices")
+_READS = ("ReadVariableOp", "Identity")
+
 
 class _Saveable(SaveableObject):
     """The plain values of one lazy average (or part), on its device."""

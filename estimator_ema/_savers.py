@@ -191,7 +191,8 @@ def _install(graph, averaged):
 
 class _InstallHook(tf.train.SessionRunHook):
     """Puts the state back among the global variables and installs the Saver, in
-    the first `begin()` call: after Estimator's warm start and its default Saver.
+    the first `begin()` call: after Estimator's warm start and its default Saver;
+    when a session starts, refuses a Saver that saves lazy averages as they are kept.
     `averaged`: the state's `_Averaged` if built in the model_fn, else None."""
 
     def __init__(self, averager, state, averaged=None):
@@ -209,6 +210,9 @@ class _InstallHook(tf.train.SessionRunHook):
         listed = {id(v) for v in variables}
         variables.extend(v for v in self._state if id(v) not in listed)
         _install(graph, self._averaged or _Averaged(self._averager, self._state))
+
+    def after_create_session(self, session, coord):
+        self._averager.check_savers()
 
 
 def adopting_train_spec(spec, averager):

@@ -45,7 +45,8 @@ class _AveragingHook(tf.train.SessionRunHook):
 
     When a session starts at global step 0, the hook sets every average to its
     weight, so the averages start from the weights training starts from
-    (after a warm start or a Scaffold `init_fn`).
+    (after a warm start or a Scaffold `init_fn`); it refuses a Saver that saves
+    a lazy average as it is kept (see `Averager.check_savers`).
 
     Subclasses validate their options and name the averager class.
     """
@@ -115,6 +116,7 @@ class _AveragingHook(tf.train.SessionRunHook):
             return update, _variables.read_fresh(self._averager.global_step)
 
     def after_create_session(self, session, coord):
+        self._averager.check_savers()
         # A new session may have restored another global step.
         self._next_step = None
         if session.run(self._averager.global_step) == 0:
@@ -279,13 +281,16 @@ class ExponentialMovingAverageHook(_AveragingHook):
         writes only through sparse row updates (an embedding table) exactly,
         at the cost of the rows each step writes, also on a parameter-server
         cluster whose tasks train at once; checkpoints hold every row's
-        average. False averages every row every step.
+        average. False averages every row every step. Save with the graph's
+        default Saver: one of your own that saves a lazy average is refused.
 
     Raises:
       TypeError, ValueError: for bad arguments, at construction.
-      RuntimeError: in `begin()`, when the graph has no global step; at the
-        first run, when the step writes an averaged variable or the global
-        step in an op the update cannot follow.
+      RuntimeError: in `begin()`, when the graph has no global step; when a
+        session starts, for a Saver other than the graph's default one that
+        saves a lazy average as it is kept; at the first run, when the step
+        writes an averaged variable or the global step in an op the update
+        cannot follow.
       ValueError: at the first run, for an `UPDATE_OPS` op inside a `tf.cond`
         branch that the train op does not run.
     """

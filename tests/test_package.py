@@ -29,6 +29,7 @@ PUBLIC_API = [
     "restore_averages",
     "warm_start_from_averages",
     "write_averaged_checkpoint",
+    "average_tensors",
     "update_batch_norm",
     "with_ema",
     "with_swa",
