@@ -43,6 +43,10 @@ def _train(weights, steps, use_resource):
         with tf.control_dependencies([assign]):
             stock_update = stock.apply([var])
         with tf1.Session() as session:
+            # (Stock's average of a reference variable starts from the variable's
+            # `initialized_value()`, which on some TensorFlows reads the variable
+            # whatever its state: initialize the variable first.)
+            session.run(var.initializer)
             session.run(tf1.global_variables_initializer())
             for step in range(steps):
                 session.run([ours, stock_update], {index: step % CYCLE})
