@@ -24,7 +24,7 @@ def ancestors(fetches):
 _RESOURCE_READS = frozenset(["ReadVariableOp", "VarIsInitializedOp", "ResourceGather",
                              "ResourceGatherNd", "VariableShape"])
 # A Saver's save op takes a reference variable itself (TF 1.15), and only reads it.
-_SAVES = frozenset(["SaveV2", "Save", "SaveSlices"])
+SAVES = frozenset(["SaveV2", "Save", "SaveSlices"])
 
 
 # Ops that run a function: TF 2's `tf.cond` and `tf.while_loop`, a function call.
@@ -76,7 +76,7 @@ def _reads(op):
     if op.type == "Identity":  # a reference variable's read (a handle's would be passed on)
         source = op.inputs[0].dtype
         return source != source.base_dtype
-    return op.type in _RESOURCE_READS or op.type in _SAVES
+    return op.type in _RESOURCE_READS or op.type in SAVES
 
 
 # Ops that pass a variable's ref or handle on (to a cond branch, a loop, a copy).

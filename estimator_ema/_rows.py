@@ -37,7 +37,7 @@ checkpoint's average and `t_r` to the current clock.
 """
 
 from estimator_ema._compat import IS_TF1, tf
-from estimator_ema._graphs import ancestors, as_op, writers
+from estimator_ema._graphs import SAVES, ancestors, as_op, writers
 from estimator_ema._options import LAZY_CLOCK, LAZY_ROW_CLOCK
 from estimator_ema._variables import create_shadow, gather, read
 from estimator_ema.checkpoints import checkpoint_key
@@ -308,12 +308,11 @@ class LazyRows(object):
             # A Saver saves a variable through at most a read and two identities.
             for _ in range(3):
                 consumers = [op for t in tensors for op in t.consumers()]
-                found.update(op for op in consumers if op.type in _SAVE_OPS)
+                found.update(op for op in consumers if op.type in SAVES)
                 tensors = [t for op in consumers if op.type in _READS for t in op.outputs]
         return sorted(op.name for op in found)
 
 
-_SAVE_OPS = ("SaveV2", "Save", "SaveSlices")
 _READS = ("ReadVariableOp", "Identity")
 
 
