@@ -230,9 +230,7 @@ def test_one_training_task_averages_a_partitioned_table_lazily_and_exactly(tmp_p
     weights, stock = _saved(record, "weights"), _saved(record, "Stock")
     # The averages start from the weights training starts from.
     np.testing.assert_array_equal(_saved(record, EMA)[0], weights[0])
-    if options["num_updates"] or IS_TF1:
-        # (On TF 1.15 stock's update, built under tf.control_dependencies([apply]),
-        # reads the weights from before the apply in some steps: seen here.)
+    if options["num_updates"]:
         return
     average = weights[0].astype(np.float64)
     for step in range(1, steps[-1] + 1):

@@ -127,8 +127,16 @@ def lazy_model_fn(features, labels, mode, params, config):
             training_hooks=[optimizer.make_session_run_hook(config.is_chief, num_tokens=0)])
     apply = tf1.train.AdagradOptimizer(0.5).apply_gradients(
         zip(tf.gradients(loss, parts), parts))
+    # Stock's averages, updated with stock's arithmetic from each part read
+    # after the apply. (stock.apply's own update reads a reference variable
+    # through the snapshot made with the variable, which TF 1.15 may run before
+    # the apply: seen here as averages of the weights a step before.)
+    stock.apply(parts)
     with tf.control_dependencies([apply]):
-        averaged = stock.apply(parts)
+        averaged = tf.group(*[
+            tf1.assign_sub(stock.average(part),
+                           (stock.average(part) - part.read_value()) * (1 - LAZY_DECAY))
+            for part in parts])
     with tf.control_dependencies([averaged]):
         train_op = tf1.assign_add(step, 1)
     return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
