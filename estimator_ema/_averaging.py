@@ -11,9 +11,10 @@ import weakref
 
 from estimator_ema import _rows
 from estimator_ema._compat import IS_TF1, tf
-from estimator_ema._graphs import AVERAGING_SCOPES, adds_one, completions, writers
+from estimator_ema._graphs import AVERAGING_SCOPES, adds_one, completions, saved_keys, writers
 from estimator_ema._options import DEBIAS_HELPERS
 from estimator_ema._variables import create_shadow, read, read_fresh
+from estimator_ema.checkpoints import checkpoint_key
 
 logger = logging.getLogger("estimator_ema")
 
@@ -164,6 +165,25 @@ class Averager(object):
         with self._scope("read"):
             return {var.op.name: self._lazy[i].value() if i in self._lazy else read(average)
                     for i, (var, average) in enumerate(zip(self.variables, self.averages))}
+
+    def warn_of_savers(self):
+        """Logs a warning for each Saver other than the graph's default one that
+        saves every averaged variable but none of the averages (one built
+        before the averaging): its checkpoints would hold no averages. (It may
+        be meant only to restore: a warning, not an error.)"""
+        weights = {checkpoint_key(v) for v in self.variables}
+        averages = {checkpoint_key(a) for a in self.averages}
+        for scope, keys in sorted(saved_keys(self.global_step.graph).items()):
+            if weights and weights <= keys and not keys & averages:
+                logger.warning(
+                    "%s: a Saver other than the graph's default one ('%s') saves every "
+                    "averaged variable but none of the averages: it was built before the "
+                    "averaging (a tf.compat.v1.train.Saver() in the model_fn?), so checkpoints "
+                    "it saves hold no averages, and training resumed from one starts them "
+                    "again from the weights. To save, give tf.compat.v1.train."
+                    "CheckpointSaverHook no saver (it then uses the graph's default Saver, "
+                    "which saves the averages) or build the Saver once training's hooks have "
+                    "begun.", self.options.name, scope)
 
     def check_savers(self):
         """Raises RuntimeError if a Saver other than the graph's default one saves a

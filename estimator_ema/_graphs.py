@@ -26,6 +26,34 @@ _RESOURCE_READS = frozenset(["ReadVariableOp", "VarIsInitializedOp", "ResourceGa
 # A Saver's save op takes a reference variable itself (TF 1.15), and only reads it.
 SAVES = frozenset(["SaveV2", "Save", "SaveSlices"])
 
+# The graph collection of the name scopes of Savers that the package built for
+# its own use or replaced (see `saved_keys`).
+SET_ASIDE_SAVERS = "estimator_ema_set_aside_savers"
+
+
+def set_aside(saver, graph):
+    """Records that `saver` (built) saves nothing the user relies on."""
+    if saver.saver_def is not None:  # (None: a Saver of nothing)
+        graph.add_to_collection(SET_ASIDE_SAVERS, _scope(saver.saver_def.save_tensor_name))
+
+
+def saved_keys(graph):
+    """`{name scope of a Saver: the checkpoint keys its save ops save}` for every
+    Saver built in `graph` but those `set_aside`."""
+    aside = set(graph.get_collection(SET_ASIDE_SAVERS))
+    found = {}
+    for op in graph.get_operations():
+        if op.type in SAVES and _scope(op.name) not in aside:
+            names = tf.get_static_value(op.inputs[1])
+            keys = found.setdefault(_scope(op.name), set())
+            if names is not None:
+                keys.update(n.decode() if isinstance(n, bytes) else n for n in names.flat)
+    return found
+
+
+def _scope(name):
+    return name.rpartition("/")[0]
+
 
 # Ops that run a function: TF 2's `tf.cond` and `tf.while_loop`, a function call.
 _FUNCTION_CALLS = frozenset(["If", "StatelessIf", "Case", "StatelessCase", "While",

@@ -16,7 +16,7 @@ same settings, so that
 
 import logging
 
-from estimator_ema import _variables
+from estimator_ema import _graphs, _variables
 from estimator_ema._compat import tf
 from estimator_ema._rows import SaveableObject
 from estimator_ema.checkpoints import checkpoint_key, saver_var_list
@@ -101,9 +101,11 @@ class AdoptingSaver(tf.train.Saver):
             averaged.restorer = self._restorer(averaged.saved)
 
     def _restorer(self, var_list):
-        return tf.train.Saver(var_list, reshape=self._reshape, sharded=self._sharded,
-                              restore_sequentially=self._restore_sequentially,
-                              allow_empty=True, write_version=self._write_version)
+        restorer = tf.train.Saver(var_list, reshape=self._reshape, sharded=self._sharded,
+                                  restore_sequentially=self._restore_sequentially,
+                                  allow_empty=True, write_version=self._write_version)
+        _graphs.set_aside(restorer, tf.get_default_graph())
+        return restorer
 
     def restore(self, sess, save_path):
         keys = self._keys(save_path)
@@ -181,6 +183,8 @@ def _install(graph, averaged):
             "tf.compat.v1.train.Saver (or nothing), which it extends to save the averages. "
             "Leave the collection to Estimator, or put one plain Saver there." % (savers,))
     saver = savers[0]
+    if saver._is_built:
+        _graphs.set_aside(saver, graph)
     if saver._is_built and saver._var_list is not None:
         logger.info("%s: the graph's default Saver was built by the model_fn; it is replaced "
                     "by one with the same variables and settings that also saves the "
@@ -192,6 +196,7 @@ def _install(graph, averaged):
 class _InstallHook(tf.train.SessionRunHook):
     """Puts the state back among the global variables and installs the Saver, in
     the first `begin()` call: after Estimator's warm start and its default Saver;
+    then warns of a Saver built before the averaging (`Averager.warn_of_savers`);
     when a session starts, refuses a Saver that saves lazy averages as they are kept.
     `averaged`: the state's `_Averaged` if built in the model_fn, else None."""
 
@@ -210,6 +215,7 @@ class _InstallHook(tf.train.SessionRunHook):
         listed = {id(v) for v in variables}
         variables.extend(v for v in self._state if id(v) not in listed)
         _install(graph, self._averaged or _Averaged(self._averager, self._state))
+        self._averager.warn_of_savers()
 
     def after_create_session(self, session, coord):
         self._averager.check_savers()

@@ -45,8 +45,9 @@ class _AveragingHook(tf.train.SessionRunHook):
 
     When a session starts at global step 0, the hook sets every average to its
     weight, so the averages start from the weights training starts from
-    (after a warm start or a Scaffold `init_fn`); it refuses a Saver that saves
-    a lazy average as it is kept (see `Averager.check_savers`).
+    (after a warm start or a Scaffold `init_fn`). It warns of a Saver built
+    before the averaging (`Averager.warn_of_savers`) and refuses one that saves
+    a lazy average as it is kept (`Averager.check_savers`).
 
     Subclasses validate their options and name the averager class.
     """
@@ -73,6 +74,7 @@ class _AveragingHook(tf.train.SessionRunHook):
         if len(only) == 1 and not isinstance(only[0], ValueError):
             self._averager.average_rows_lazily(only[0][1], _no_saver_refusal(graph))
         _savers.install(graph, self._averager)
+        self._averager.warn_of_savers()
         if not graph.get_collection(tf.GraphKeys.SAVERS):
             logger.warning(
                 "%s: the graph has no default Saver, so the model_fn's Scaffold brings its "

@@ -70,5 +70,68 @@ def test_the_default_saver_saves_plain_averages_for_the_user(tmp_path, caplog, h
     caplog.set_level(logging.INFO, logger="estimator_ema")
     own = OwnSaverHook(tmp_path, default=True)
     recorder = train_with(tmp_path / "model", how, own)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                and r.name == "estimator_ema"]
     assert lazy_tables(caplog, own.directory) == ["embedding/table"]
     assert check(recorder, own.reader) == 4
+
+
+def saver_in_model_fn(features, labels, mode, params):
+    """The embedding model, whose chief saves every other step into
+    `params["own"]` with a Saver built in the model_fn (before any averaging)."""
+    spec = embedding_model_fn(features, labels, mode, params)
+    saver = tf1.train.CheckpointSaverHook(params["own"], save_steps=2,
+                                          saver=tf1.train.Saver(**params["saver_args"]))
+    return spec._replace(training_chief_hooks=[saver])
+
+
+BLIND = ("ExponentialMovingAverage: a Saver other than the graph's default one ('save') "
+         "saves every averaged variable but none of the averages: it was built before the "
+         "averaging (a tf.compat.v1.train.Saver() in the model_fn?), so checkpoints it saves "
+         "hold no averages, and training resumed from one starts them again from the "
+         "weights. To save, give tf.compat.v1.train.CheckpointSaverHook no saver (it then "
+         "uses the graph's default Saver, which saves the averages) or build the Saver once "
+         "training's hooks have begun.")
+
+
+@pytest.mark.parametrize("how", ["decorator", "hook"])
+@pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "dense"])
+def test_a_saver_built_before_the_averaging_is_warned_of(tmp_path, caplog, how, lazy):
+    # (It may be meant only to restore, in a Scaffold's init_fn say.)
+    model_fn, hooks = saver_in_model_fn, []
+    if how == "decorator":
+        model_fn = estimator_ema.with_ema(model_fn, decay=0.8, lazy_rows=lazy)
+    else:
+        hooks.append(estimator_ema.ExponentialMovingAverageHook(decay=0.8, lazy_rows=lazy))
+    own = os.path.join(str(tmp_path), "own")
+    params = dict(optimizer="sgd", parts=2, own=own, saver_args=dict(sharded=True))
+    est = tf.estimator.Estimator(model_fn, str(tmp_path / "model"), params=params,
+                                 config=run_config())
+    est.train(ids_input_fn, steps=3, hooks=hooks)
+    assert [r.getMessage() for r in caplog.records if r.name == "estimator_ema"
+            and r.levelno == logging.WARNING] == [BLIND]
+    reader = tf1.train.NewCheckpointReader(tf.train.latest_checkpoint(own))
+    assert not any(key.endswith(EMA) for key in reader.get_variable_to_shape_map())
+
+
+def head_saver_in_model_fn(features, labels, mode, params):
+    """The embedding model, whose chief saves its head alone with a Saver built
+    in the model_fn."""
+    spec = embedding_model_fn(features, labels, mode, params)
+    head = tf1.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES, "head/w")
+    saver = tf1.train.CheckpointSaverHook(params["own"], save_steps=2,
+                                          saver=tf1.train.Saver(head))
+    return spec._replace(training_chief_hooks=[saver])
+
+
+def test_a_saver_of_some_averaged_variables_built_before_the_averaging_is_left_alone(
+        tmp_path, caplog):
+    own = os.path.join(str(tmp_path), "own")
+    est = tf.estimator.Estimator(estimator_ema.with_ema(head_saver_in_model_fn, decay=0.8),
+                                 str(tmp_path / "model"), config=run_config(),
+                                 params=dict(optimizer="sgd", parts=0, own=own))
+    est.train(ids_input_fn, steps=3)
+    reader = tf1.train.NewCheckpointReader(tf.train.latest_checkpoint(own))
+    assert set(reader.get_variable_to_shape_map()) == {"head/w"}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                and r.name == "estimator_ema"]
