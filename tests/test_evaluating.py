@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import estimator_ema
-from conftest import (DATA, IS_TF1, SWA, ema_oracle, input_fn, linear_model_fn,
+from conftest import (DATA, FEATURES, IS_TF1, SWA, ema_oracle, input_fn, linear_model_fn,
                       run_config, sgd_weights, swa_oracle, tf1)
 from test_lazy_rows import embedding_model_fn, ids_input_fn, whole
 from test_ordering import Recorder, ema_of
@@ -204,6 +204,36 @@ def test_evaluate_with_both_copies_the_raw_weights_beside_the_averages(model_dir
     np.testing.assert_allclose(result["raw_weights/loss"],
                                linear_loss(0, sgd_weights(5)[-1])[0], rtol=1e-5)
     np.testing.assert_allclose(result["loss"], linear_loss(5)[0], rtol=1e-5)
+
+
+def repartitioned_model_fn(features, labels, mode):
+    """The linear model with `linear/w` in two parts in TRAIN, three elsewhere."""
+    parts = 2 if mode == tf.estimator.ModeKeys.TRAIN else 3
+    w = tf1.get_variable("linear/w", [FEATURES, 1], initializer=tf1.zeros_initializer(),
+                         partitioner=tf1.fixed_size_partitioner(parts))
+    b = tf1.get_variable("linear/b", [1], initializer=tf1.zeros_initializer())
+    predictions = tf.matmul(features, tf.concat(list(w), 0)) + b
+    loss = tf.reduce_mean(tf.square(predictions - labels))
+    train_op = tf1.train.GradientDescentOptimizer(0.1).minimize(
+        loss, global_step=tf1.train.get_or_create_global_step())
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_a_variable_partitioned_otherwise_in_eval_gets_its_slices(model_dir, how):
+    model_fn, hooks = repartitioned_model_fn, []
+    if how == "decorator":
+        model_fn = estimator_ema.with_ema(model_fn, decay=DECAY)
+    else:
+        hooks.append(estimator_ema.ExponentialMovingAverageHook(DECAY))
+    est = tf.estimator.Estimator(model_fn, str(model_dir), config=run_config())
+    evaluated = est if how == "decorator" else estimator_ema.averaged_estimator(est)
+    evaluator = estimator_ema.InMemoryEvaluatorHook(evaluated, input_fn, steps=4,
+                                                    every_n_iter=5)
+    est.train(input_fn, steps=5, hooks=hooks + [evaluator])
+    np.testing.assert_array_equal(evaluator.evaluations[-1]["loss"],
+                                  evaluated.evaluate(input_fn, steps=4)["loss"])
+    np.testing.assert_allclose(evaluator.evaluations[-1]["loss"], linear_loss(5)[0], rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["v1", "v2"])
