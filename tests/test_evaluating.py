@@ -16,9 +16,11 @@ import tensorflow as tf
 import estimator_ema
 from conftest import (DATA, FEATURES, IS_TF1, SWA, ema_oracle, input_fn, linear_model_fn,
                       run_config, sgd_weights, swa_oracle, tf1)
-from test_lazy_rows import embedding_model_fn, ids_input_fn, whole
+from test_lazy_rows import ROWS, embedding_model_fn, ids_input_fn, whole
 from test_ordering import Recorder, ema_of
 from test_partitioned import partitioned_model_fn
+from test_trainable_in_one_mode import always, only_outside_train
+from test_trainable_in_one_mode import model_fn as trainable_model_fn
 
 DECAY = 0.8
 STEPS = 6
@@ -48,20 +50,21 @@ def linear_loss(step, weights=None):
     return np.mean(error ** 2), np.mean(np.abs(error))
 
 
-def ids_data():
-    """The arrays of `test_lazy_rows.ids_input_fn`, made as it makes them."""
-    rng = np.random.RandomState(0)
-    ids = np.stack([(i + rng.randint(0, 4, size=(4, 2))) % 12
-                    for i in range(40)]).reshape(-1, 2).astype(np.int64)
-    return ids, rng.randn(len(ids), 1).astype(np.float32)
+def ids_data(batches):
+    """(ids, labels) of the first `batches` batches of `ids_input_fn`."""
+    with tf.Graph().as_default():
+        features, labels = tf1.data.make_one_shot_iterator(ids_input_fn()).get_next()
+        with tf1.Session() as session:
+            got = [session.run([features["ids"], labels]) for _ in range(batches)]
+    return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
 
 
 def embedding_loss(values, parts, batches=3):
     """(loss, mae) of the embedding model with `values` (a partitioned table's
     parts joined) over its first batches."""
-    ids, labels = (a[:4 * batches] for a in ids_data())
+    ids, labels = ids_data(batches)
     if parts and IS_TF1:  # TF 1's embedding_lookup puts id i in part i % parts
-        ids = (ids % parts) * (12 // parts) + ids // parts
+        ids = (ids % parts) * (ROWS // parts) + ids // parts
     error = values["embedding/table"][ids].mean(axis=1) @ values["head/w"] - labels
     return np.mean(error ** 2), np.mean(np.abs(error))
 
@@ -369,9 +372,8 @@ def test_saveables_other_than_variables_are_refused(model_dir):
 
 
 def test_a_variable_averaged_only_outside_train_is_refused(model_dir):
-    from test_trainable_in_one_mode import model_fn, only_outside_train, always
     est = tf.estimator.Estimator(
-        estimator_ema.with_ema(model_fn, decay=DECAY), str(model_dir),
+        estimator_ema.with_ema(trainable_model_fn, decay=DECAY), str(model_dir),
         params={"trainable": {"kernel": only_outside_train, "bias": always}})
     evaluator = estimator_ema.InMemoryEvaluatorHook(est, input_fn, steps=1)
     with pytest.raises(RuntimeError, match=(
