@@ -16,6 +16,7 @@ import tensorflow as tf
 import estimator_ema
 from conftest import (DATA, FEATURES, IS_TF1, SWA, ema_oracle, input_fn, linear_model_fn,
                       run_config, sgd_weights, swa_oracle, tf1)
+import test_canned
 from test_lazy_rows import ROWS, embedding_model_fn, ids_input_fn, whole
 from test_ordering import Recorder, ema_of
 from test_partitioned import partitioned_model_fn
@@ -248,6 +249,40 @@ def test_v1_and_v2_estimators(model_dir, kind):
     est.train(input_fn, steps=3, hooks=[estimator_ema.ExponentialMovingAverageHook(DECAY),
                                         evaluator])
     np.testing.assert_allclose(evaluator.evaluations[-1]["loss"], linear_loss(3)[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+@pytest.mark.parametrize("kind, flavour", test_canned.CASES)
+def test_canned_estimators(model_dir, kind, flavour, how):
+    """Every metric of a canned classifier (accuracy, AUC, ...) as evaluate() gives it."""
+    est = test_canned.canned(kind, flavour, model_dir)
+    hooks = []
+    if how == "decorator":
+        est = estimator_ema.with_ema(est, decay=DECAY)
+        evaluated = est
+    else:
+        hooks.append(estimator_ema.ExponentialMovingAverageHook(DECAY))
+        evaluated = estimator_ema.averaged_estimator(est)
+    evaluator = estimator_ema.InMemoryEvaluatorHook(evaluated, test_canned.input_fn, steps=4,
+                                                    every_n_iter=3)
+    est.train(test_canned.input_fn, steps=6, hooks=hooks + [evaluator])
+    assert [r["global_step"] for r in evaluator.evaluations] == [0, 3, 6]
+    for result in evaluator.evaluations:
+        expected = evaluated.evaluate(
+            test_canned.input_fn, steps=4, name="checkpoint",
+            checkpoint_path=os.path.join(str(model_dir), "model.ckpt-%d" % result["global_step"]))
+        assert sorted(result) == sorted(expected)
+        for metric in expected:
+            np.testing.assert_array_equal(result[metric], expected[metric], err_msg=metric)
+
+
+def test_evaluate_with_weights_still_gets_the_averages(model_dir):
+    est = tf.estimator.Estimator(
+        estimator_ema.with_ema(linear_model_fn, decay=DECAY, evaluate_with="weights"),
+        str(model_dir), config=run_config(), params={"optimizer": "v1"})
+    evaluator = estimator_ema.InMemoryEvaluatorHook(est, input_fn, steps=4, every_n_iter=5)
+    est.train(input_fn, steps=5, hooks=[evaluator])
+    np.testing.assert_allclose(evaluator.evaluations[-1]["loss"], linear_loss(5)[0], rtol=1e-5)
 
 
 # The errors, each with its way out.
