@@ -276,6 +276,22 @@ def test_canned_estimators(model_dir, kind, flavour, how):
             np.testing.assert_array_equal(result[metric], expected[metric], err_msg=metric)
 
 
+def test_a_keras_model_with_batch_norm(model_dir):
+    est = test_canned.keras_bn_estimator(
+        model_dir, **({} if IS_TF1 else {"checkpoint_format": "saver"}))
+    decorated = estimator_ema.with_ema(est, decay=DECAY)
+    evaluator = estimator_ema.InMemoryEvaluatorHook(decorated, input_fn, steps=4,
+                                                    every_n_iter=3)
+    decorated.train(input_fn, steps=6, hooks=[evaluator])
+    for result in evaluator.evaluations:
+        expected = decorated.evaluate(
+            input_fn, steps=4, name="checkpoint",
+            checkpoint_path=os.path.join(str(model_dir), "model.ckpt-%d" % result["global_step"]))
+        np.testing.assert_array_equal(result["loss"], expected["loss"])
+    raw = est.evaluate(input_fn, steps=4, name="raw")
+    assert abs(raw["loss"] - evaluator.evaluations[-1]["loss"]) > 1e-4
+
+
 def test_evaluate_with_weights_still_gets_the_averages(model_dir):
     est = tf.estimator.Estimator(
         estimator_ema.with_ema(linear_model_fn, decay=DECAY, evaluate_with="weights"),
