@@ -140,8 +140,9 @@ class InMemoryEvaluatorHook(tf.train.SessionRunHook):
       ValueError: in `begin()`, for an `average_name` other than the one
         `estimator` evaluates, or none when training keeps several.
       RuntimeError: in `begin()`, when training keeps no averages (of that
-        name), and for an evaluation-graph variable that has no counterpart
-        in training, has another shape or dtype, or is averaged in one graph
+        name), under a `tf.distribute` strategy (`train_distribute`), and
+        for an evaluation-graph variable that has no counterpart in
+        training, has another shape or dtype, or is averaged in one graph
         only, or for saveable objects other than variables.
     """
 
@@ -189,6 +190,11 @@ class InMemoryEvaluatorHook(tf.train.SessionRunHook):
         Raises:
           ValueError, RuntimeError: see the class.
         """
+        if tf.distribute.has_strategy():
+            raise RuntimeError(
+                "%s cannot read variables that %s mirrors (RunConfig(train_distribute=...)); "
+                "evaluate the checkpoints' averages instead (the with_ema / with_swa "
+                "Estimator's evaluate)." % (_NAME, type(tf.distribute.get_strategy()).__name__))
         self._timer.reset()
         self._iter_count = 0
         train_graph = tf.get_default_graph()

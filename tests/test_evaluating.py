@@ -8,6 +8,7 @@ tables, with the hook (plain and averaged Estimator) and the decorator.
 
 import inspect
 import os
+import re
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import estimator_ema
 from conftest import (DATA, FEATURES, IS_TF1, SWA, ema_oracle, input_fn, linear_model_fn,
                       run_config, sgd_weights, swa_oracle, tf1)
 import test_canned
+import test_distributed
 from test_lazy_rows import ROWS, embedding_model_fn, ids_input_fn, whole
 from test_ordering import Recorder, ema_of
 from test_partitioned import partitioned_model_fn
@@ -443,6 +445,15 @@ def test_some_parts_averaged_is_refused(model_dir):
             r"average every part of it, or none \(include= / exclude=\).$")):
         est.train(input_fn, steps=1, hooks=[
             estimator_ema.ExponentialMovingAverageHook(DECAY, exclude="part_1"), evaluator])
+
+
+def test_a_mirrored_strategy_is_refused(model_dir):
+    result = test_distributed._mirrored(model_dir, 1, "evaluator")
+    assert result.returncode != 0
+    assert re.search(r"RuntimeError: InMemoryEvaluatorHook cannot read variables that "
+                     r"MirroredStrategy(V1)? mirrors \(RunConfig\(train_distribute=\.\.\.\)\); "
+                     r"evaluate the checkpoints' averages instead \(the with_ema / with_swa "
+                     r"Estimator's evaluate\)\.", result.stderr), result.stderr[-3000:]
 
 
 def test_a_cluster_is_refused(monkeypatch, model_dir):
