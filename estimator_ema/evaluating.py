@@ -81,10 +81,10 @@ class InMemoryEvaluatorHook(tf.train.SessionRunHook):
     the metrics as `evaluate()` does, to `<model_dir>/eval_<name>`
     (`<model_dir>/eval` without a `name`).
 
-    Each evaluation builds nothing: the evaluation graph is built once, in
-    `begin()`, from `estimator`'s EVAL mode, and before each evaluation every
-    one of its global variables `v` is set to what `evaluate()` would restore
-    from a checkpoint written at that step:
+    The evaluation graph is built once, in `begin()`, from `estimator`'s EVAL
+    mode; before each evaluation every one of its global variables `v` is
+    set to what `evaluate()` would restore from a checkpoint written at that
+    step:
 
         v <- average of v            where training averages v (name `average_name`)
         v <- v in the training graph  otherwise (the global step, optimizer slots)
@@ -96,6 +96,12 @@ class InMemoryEvaluatorHook(tf.train.SessionRunHook):
     differently. The metrics equal those of `evaluate()` of the averages on
     a checkpoint of that step. The model_fn's Scaffold `init_fn` and Saver
     are not run (`evaluate()` of a checkpoint does not run `init_fn` either).
+    It evaluates the averages whatever `estimator` itself evaluates (a
+    `with_ema(..., evaluate_with="weights")` Estimator too; with
+    `evaluate_with="both"` its `raw_weights/` copies get the raw weights).
+    An evaluation costs one read of every variable of the evaluation graph
+    in the training session and one feed of it: a checkpoint's save and
+    restore, without the disk.
 
     `estimator` is the Estimator whose evaluation of the averages you want:
 
