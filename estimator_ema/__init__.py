@@ -15,6 +15,7 @@ _MODULES = {
     "AveragedExporter": "export",
     "AveragedFinalExporter": "export",
     "ExponentialMovingAverageHook": "hooks",
+    "InMemoryEvaluatorHook": "evaluating",
     "StochasticWeightAveragingHook": "hooks",
     "average_tensors": "reading",
     "averaged_estimator": "export",

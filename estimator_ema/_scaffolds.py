@@ -27,9 +27,9 @@ class CheckpointAveragesSaver(tf.train.Saver):
     variables without an average). A partitioned variable's part reads its
     slice of `<full name>/<name>`. Each `(key, copy)` of `raw_copies` is
     restored from `key` as it is (`evaluate_with="both"`'s copies of the raw
-    weights). `save` and `saver_def` are those of a plain Saver over the same
-    variables, so a SavedModel exported through it holds the averaged values
-    under the plain names.
+    weights; kept as the list `raw_copies`). `save` and `saver_def` are those
+    of a plain Saver over the same variables, so a SavedModel exported through
+    it holds the averaged values under the plain names.
 
     `selected`, with `mode` (`"EVAL"`, `"PREDICT"`), are the variables the
     decorator's graph of that mode selects for averaging: each must have an
@@ -54,7 +54,23 @@ class CheckpointAveragesSaver(tf.train.Saver):
                 shape_and_slices=[_slice(v)[0] for v in restored],
                 dtypes=[v.dtype.base_dtype for v in restored])
         self._restored = restored
+        self.raw_copies = raw_copies
         self._restore_op = tf.group(*[tf.assign(v, value) for v, value in zip(restored, values)])
+
+    @property
+    def average_name(self):
+        """The averages' suffix: each variable is restored from `<v>/<name>`."""
+        return self._average_name
+
+    @property
+    def selected_keys(self):
+        """The checkpoint keys of the variables that must have an average."""
+        return list(self._selected)
+
+    @property
+    def mode(self):
+        """The mode of the graph (`"EVAL"`, `"PREDICT"`) that selects them, or None."""
+        return self._mode
 
     def restore(self, sess, save_path):
         """Loads every variable from checkpoint `save_path`, from its average where it has one.

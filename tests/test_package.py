@@ -21,6 +21,7 @@ PUBLIC_API = [
     "AveragedExporter",
     "AveragedFinalExporter",
     "ExponentialMovingAverageHook",
+    "InMemoryEvaluatorHook",
     "StochasticWeightAveragingHook",
     "__version__",
     "averaged_estimator",

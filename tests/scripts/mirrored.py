@@ -1,6 +1,8 @@
 """Trains the conftest linear model under MirroredStrategy in a fresh process.
 
-usage: mirrored.py MODEL_DIR REPLICAS {hook,decorator}
+usage: mirrored.py MODEL_DIR REPLICAS {hook,decorator,evaluator}
+
+"evaluator": the decorator with an InMemoryEvaluatorHook.
 
 REPLICAS logical CPUs are configured before TensorFlow starts, which is why
 this runs in its own process.
@@ -33,6 +35,8 @@ def main(model_dir, replicas, mode):
         model_fn = estimator_ema.with_ema(linear_model_fn, decay=0.8)
     estimator = tf.estimator.Estimator(model_fn, model_dir, config=config,
                                        params={"optimizer": "v1"})
+    if mode == "evaluator":
+        hooks.append(estimator_ema.InMemoryEvaluatorHook(estimator, input_fn, steps=1))
     estimator.train(input_fn, steps=6, hooks=hooks)
 
 
