@@ -5,10 +5,21 @@ from estimator_ema._compat import tf
 from estimator_ema._options import HELPERS, count_name, shadow_name
 
 def read(var):
-    """A read of `var` made in the current control-dependency context (one op)."""
-    if hasattr(var, "handle"):
-        return tf.raw_ops.ReadVariableOp(resource=var.handle, dtype=var.dtype.base_dtype)
+    """A read of `var` made in the current control-dependency context (one op;
+    a `tf.distribute` variable outside its replica context: its own read)."""
+    handle = _handle(var)
+    if handle is not None:
+        return tf.raw_ops.ReadVariableOp(resource=handle, dtype=var.dtype.base_dtype)
     return var.read_value()
+
+
+def _handle(var):
+    """`var`'s resource handle; None for a reference variable, or a `tf.distribute`
+    variable outside its replica context (whose `handle` raises ValueError there)."""
+    try:
+        return getattr(var, "handle", None)
+    except ValueError:
+        return None
 
 
 def gather(var, rows):

@@ -300,6 +300,15 @@ def test_decorator_under_a_one_device_mirrored_strategy(model_dir):
     np.testing.assert_allclose(load(model_dir, "linear/b/" + EMA), expected[1], atol=1e-5)
 
 
+def test_average_tensors_under_a_one_device_mirrored_strategy(model_dir):
+    result = _mirrored(model_dir, 1, "tensors")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(os.path.join(str(model_dir), "tensors.npz")) as tensors:
+        for name in ("linear/w", "linear/b"):
+            np.testing.assert_array_equal(tensors[name.replace("/", "__")],
+                                          load(model_dir, name + "/" + EMA))
+
+
 def test_hook_refuses_a_mirrored_strategy(model_dir):
     result = _mirrored(model_dir, 1, "hook")
     assert result.returncode != 0

@@ -1,8 +1,10 @@
 """Trains the conftest linear model under MirroredStrategy in a fresh process.
 
-usage: mirrored.py MODEL_DIR REPLICAS {hook,decorator,evaluator}
+usage: mirrored.py MODEL_DIR REPLICAS {hook,decorator,evaluator,tensors}
 
-"evaluator": the decorator with an InMemoryEvaluatorHook.
+"evaluator": the decorator with an InMemoryEvaluatorHook; "tensors": the
+decorator, and a hook that writes the averages' `average_tensors` as the
+session ends to MODEL_DIR/tensors.npz.
 
 REPLICAS logical CPUs are configured before TensorFlow starts, which is why
 this runs in its own process.
@@ -37,7 +39,23 @@ def main(model_dir, replicas, mode):
                                        params={"optimizer": "v1"})
     if mode == "evaluator":
         hooks.append(estimator_ema.InMemoryEvaluatorHook(estimator, input_fn, steps=1))
+    if mode == "tensors":
+        hooks.append(Tensors(os.path.join(model_dir, "tensors.npz")))
     estimator.train(input_fn, steps=6, hooks=hooks)
+
+
+class Tensors(tf.compat.v1.train.SessionRunHook):
+    def __init__(self, path):
+        self.path = path
+
+    def begin(self):
+        import estimator_ema
+        self.tensors = estimator_ema.average_tensors()
+
+    def end(self, session):
+        import numpy as np
+        np.savez(self.path, **{k.replace("/", "__"): v
+                               for k, v in session.run(self.tensors).items()})
 
 
 if __name__ == "__main__":
