@@ -10,7 +10,7 @@ import logging
 import weakref
 
 from estimator_ema import _rows
-from estimator_ema._compat import IS_TF1, tf
+from estimator_ema._compat import tf
 from estimator_ema._graphs import AVERAGING_SCOPES, adds_one, completions, saved_keys, writers
 from estimator_ema._options import DEBIAS_HELPERS
 from estimator_ema._variables import create_shadow, read, read_fresh
@@ -80,9 +80,7 @@ class Averager(object):
                         due = self._due(step)
                 if due is None:
                     return self._apply(step)
-                if not self._gate_in_graph():
-                    return tf.group(tf.cond(due, lambda: self._apply_then_true(step), _false))
-                return self._apply(step, gate=due)
+                return _gated(due, lambda: self._apply(step))
 
     def _beside_step(self):
         """Ops built in this context run where the global step lives (its
@@ -203,11 +201,6 @@ class Averager(object):
         """The `_rows.LazyRows` of `found`, `[(variable, average, writes, indices)]`."""
         raise NotImplementedError
 
-    def _gate_in_graph(self):
-        """Whether a due-gated update selects values (`tf.where`) rather than
-        branching (`tf.cond`): TF 2's `tf.cond` cannot assign a reference variable."""
-        return not IS_TF1 and any(not hasattr(v, "handle") for v in self._state())
-
     def _state(self):
         """Every variable the update writes."""
         return list(self.averages)
@@ -223,13 +216,8 @@ class Averager(object):
         runs alone."""
         return 1
 
-    def _apply_then_true(self, step):
-        with tf.control_dependencies([self._apply(step)]):
-            return tf.constant(True)
-
-    def _apply(self, step, gate=None):
-        """The op that updates every average after global step `step` (a tensor);
-        with a bool tensor `gate`, an op that changes nothing unless it is true."""
+    def _apply(self, step):
+        """The op that updates every average after global step `step` (a tensor)."""
         raise NotImplementedError
 
     def initialize_from_weights(self):
@@ -315,7 +303,9 @@ class ExponentialMovingAverager(Averager):
             due.append(tf.equal(step % self.options.every_n_steps, 0))
         if self.options.skip_nonfinite:
             due.extend(tf.reduce_all(tf.math.is_finite(read(v))) for v in self.variables)
-        return tf.reduce_all(tf.stack(due)) if due else None
+        if len(due) > 1:
+            return tf.reduce_all(tf.stack(due))
+        return due[0] if due else None
 
     def period(self):
         return 1 if self._rows is not None else self.options.every_n_steps
@@ -342,7 +332,7 @@ class ExponentialMovingAverager(Averager):
                 decay = tf.where_v2(self._then[1], decay, tf.ones_like(decay))
         return _rows.LazyRows(found, decay)
 
-    def _apply(self, step, gate=None):
+    def _apply(self, step):
         with self._beside_step():
             decay = self.decay(step)
         # Only the decay goes to each device that holds averages (once: one
@@ -357,30 +347,22 @@ class ExponentialMovingAverager(Averager):
                 place = avg.device, avg.dtype.base_dtype
                 if place not in one_minus_by_place:
                     one_minus_by_place[place] = tf.cast(1.0 - decay, place[1])
-                updates.append(self._apply_one(i, var, avg, decay, gate,
+                updates.append(self._apply_one(i, var, avg, decay,
                                                one_minus_by_place[place]))
         return tf.group(*updates)
 
-    def _apply_one(self, i, var, avg, decay, gate, one_minus):
+    def _apply_one(self, i, var, avg, decay, one_minus):
         """The update of the `i`-th average, `avg` of `var` (see `_apply`)."""
         dtype = avg.dtype.base_dtype
         value = read(var)
         if not self._debias:
-            if gate is None:
-                return _move_toward(avg, value, one_minus)
-            old = read(avg)
-            return gated_assign(avg, gate, old - (old - value) * one_minus)
+            return _move_toward(avg, value, one_minus)
         biased, local_step = self._debias[i]
-        if gate is None:  # one kernel each: parameter servers may run several at once
-            new_biased = tf.assign_sub(biased, (read(biased) - value) * one_minus)
-            new_step = tf.assign_add(local_step, 1.0)
-        else:
-            old_biased = read(biased)
-            new_biased = gated_assign(biased, gate,
-                                       old_biased - (old_biased - value) * one_minus)
-            new_step = gated_assign(local_step, gate, read(local_step) + 1.0)
+        # One kernel each: parameter servers may run several at once.
+        new_biased = tf.assign_sub(biased, (read(biased) - value) * one_minus)
+        new_step = tf.assign_add(local_step, 1.0)
         factor = tf.cast(1.0 - tf.pow(decay, new_step), dtype)
-        return gated_assign(avg, gate, new_biased / factor)
+        return tf.assign(avg, new_biased / factor)
 
     def _summaries(self):
         """The decay in effect, then the averages' distance to the weights."""
@@ -403,13 +385,22 @@ def _move_toward(avg, value, fraction):
     return tf.raw_ops.ApplyGradientDescent(var=avg, alpha=fraction, delta=delta).op
 
 
-def gated_assign(var, gate, value):
-    """`var <- value`, or, with a bool tensor `gate`, `var <- gate ? value : var`;
-    returns the value assigned."""
-    if gate is not None:
-        value = tf.where_v2(gate, value, read(var))
-    return tf.assign(var, value)
+def _gated(due, build):
+    """The op `build()` makes, run only where the bool scalar `due` is true,
+    within an op that completes either way.
 
-
-def _false():
-    return tf.constant(False)
+    One `Switch` of `due` gates it: every op `build` makes waits for an
+    identity of the switch's true output (a control edge from the switch
+    itself is never dead), so where `due` is false none of them runs (an op
+    with a dead input is skipped, in TF 1 and TF 2 graphs alike, reference
+    variables' assignments included), and a `Merge` ends it live. (`tf.cond`
+    would switch every tensor its branch reads from outside: an op per
+    weight and per average, run on every step.)
+    """
+    skipped, taken = tf.raw_ops.Switch(data=due, pred=due)
+    pivot = tf.identity(taken)
+    with tf.control_dependencies([pivot]):
+        op = build()
+    with tf.control_dependencies([op]):
+        done = tf.identity(pivot)
+    return tf.raw_ops.Merge(inputs=[skipped, done])[0].op

@@ -1,6 +1,6 @@
 """Stochastic weight averaging: the averager behind the SWA hook and `with_swa`."""
 
-from estimator_ema._averaging import Averager, gated_assign
+from estimator_ema._averaging import Averager
 from estimator_ema._compat import tf
 from estimator_ema._variables import create_count, read
 
@@ -45,10 +45,8 @@ class StochasticWeightAverager(Averager):
     def _due(self, step):
         return tf.logical_or(self.is_entry(step), tf.equal(read(self.count), 0))
 
-    def _apply(self, step, gate=None):
+    def _apply(self, step):
         entry = self.is_entry(step)
-        if gate is not None:
-            entry = tf.logical_and(entry, gate)
         entered = self.count.assign_add(tf.cast(entry, tf.int64), read_value=False)
         with tf.control_dependencies([entered]):
             count = read(self.count)
@@ -62,7 +60,7 @@ class StochasticWeightAverager(Averager):
                 count_by_dtype[dtype] = tf.cast(tf.maximum(count, 1), dtype)
             old = read(avg)
             mean = old + (value - old) / count_by_dtype[dtype]
-            updates.append(gated_assign(avg, gate, tf.where_v2(first, value, mean)))
+            updates.append(tf.assign(avg, tf.where_v2(first, value, mean)))
         return tf.group(*updates)
 
     def initialize_from_weights(self):

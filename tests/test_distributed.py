@@ -239,6 +239,19 @@ def test_one_training_task_averages_a_partitioned_table_lazily_and_exactly(tmp_p
             np.testing.assert_allclose(stock[step], average, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_an_update_due_every_third_step_is_gated_exactly_on_the_parameter_servers(tmp_path,
+                                                                                    how):
+    # Dense averages of a table on both ps, the update gated in the graph (the
+    # global step lives on a ps, so the hook does not count runs): the gate's
+    # switch is on the task, the updates it gates on the ps.
+    options = dict(num_updates=False, every_n_steps=3, lazy_rows=False)
+    record, log = _lazy_run(tmp_path, how, workers=0, **options)
+    assert "averaged densely: lazy_rows=False" in log
+    steps = _exact_from_first_checkpoint(record, every_n_steps=3)
+    assert steps[0] == 0 and steps[-1] == STEPS["lazy-" + how] and len(steps) >= 10
+
+
 @pytest.mark.parametrize("fault", ["chief0", "ps1"])
 def test_averages_go_on_exactly_from_the_last_checkpoint_when_a_task_is_killed(tmp_path,
                                                                                fault):

@@ -434,3 +434,56 @@ def test_an_estimators_exporters_serve_the_averages(model_dir):
         assert {n for n, _ in tf.train.list_variables(variables)} == {
             "linear/w", "linear/b", "global_step"}
         np.testing.assert_array_equal(load(variables, "linear/w"), averages(model_dir)[0])
+
+
+def layers_model_fn(features, labels, mode, params):
+    """`params["layers"]` dense layers (two variables each) trained by SGD."""
+    x = features
+    for i in range(params["layers"]):
+        x = tf1.layers.dense(x, 4, name="dense_%d" % i)
+    loss = tf.reduce_mean(tf.square(x[:, :1] - labels))
+    train_op = tf1.train.GradientDescentOptimizer(0.01).minimize(
+        loss, tf1.train.get_or_create_global_step())
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+
+def _nodes_run(model_fn, layers, steps):
+    """The names of the nodes each of `steps` runs of `model_fn`'s train op runs
+    (a global step 1, 2, ...), from a full trace."""
+    with tf.Graph().as_default():
+        tf1.train.get_or_create_global_step()
+        spec = model_fn(tf.constant(DATA[0]), tf.constant(DATA[1]),
+                        tf.estimator.ModeKeys.TRAIN, {"layers": layers})
+        with tf1.Session() as session:
+            session.run(tf1.global_variables_initializer())
+            if spec.scaffold.init_fn:
+                spec.scaffold.init_fn(session)
+            runs = []
+            for _ in range(steps):
+                metadata = tf1.RunMetadata()
+                session.run(spec.train_op, run_metadata=metadata,
+                            options=tf1.RunOptions(trace_level=tf1.RunOptions.FULL_TRACE))
+                runs.append({n.node_name.partition(":")[0] for d in metadata.step_stats.dev_stats
+                             for n in d.node_stats})
+    return runs
+
+
+@pytest.mark.parametrize("decorate, not_due", [
+    (lambda fn: estimator_ema.with_ema(fn, decay=0.9, every_n_steps=5), [1, 2, 3, 4, 6, 7, 8, 9]),
+    # (Until its first entry, at step 5, SWA mirrors the weights every step.)
+    (lambda fn: estimator_ema.with_swa(fn, start_step=5, average_period=5), [6, 7, 8, 9]),
+], ids=["ema", "swa"])
+def test_a_run_whose_update_is_not_due_runs_a_few_ops_whatever_the_variables(decorate,
+                                                                               not_due):
+    # The gate is one switch of the step's due flag: no op per variable runs
+    # in a run whose update is not due (but the averages' variable nodes,
+    # which do nothing). Global step 10 is due.
+    extra = {}
+    for layers in (2, 12):
+        plain = set.union(*_nodes_run(layers_model_fn, layers, 1))
+        runs = _nodes_run(decorate(layers_model_fn), layers, 10)
+        variables = {v for run in runs for v in run if v.endswith(("Average", "count"))}
+        extra[layers] = [len(run - plain - variables) for run in runs]
+    skipped = {layers: [counts[step - 1] for step in not_due] for layers, counts in extra.items()}
+    assert skipped[2] == skipped[12]
+    assert max(skipped[12]) <= 16 < extra[12][9]
