@@ -17,7 +17,8 @@ from conftest import tf1
 from estimator_ema import _averaging, _options
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks")
-VARIANTS = {"none", "stock", "qa_hook", "hook", "hook_every10", "with_ema", "floor"}
+VARIANTS = {"none", "stock", "qa_hook", "hook", "hook_every10", "with_ema", "with_ema_every10",
+            "floor"}
 
 
 def _run(script, tmp_path, *args):
