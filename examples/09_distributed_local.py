@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-STEPS = 600
+STEPS = 1000
 
 
 def make_data(rows, seed):
@@ -59,7 +59,7 @@ def run_task(model_dir):
 
     config = tf.estimator.RunConfig(save_checkpoints_steps=200)
     estimator = tf.estimator.Estimator(model_fn, model_dir, config=config)
-    hooks = [estimator_ema.ExponentialMovingAverageHook(decay=0.99), Pace()]
+    hooks = [estimator_ema.ExponentialMovingAverageHook(decay=0.995), Pace()]
     tf.estimator.train_and_evaluate(
         estimator, tf.estimator.TrainSpec(train_input_fn, max_steps=STEPS, hooks=hooks),
         tf.estimator.EvalSpec(eval_input_fn, steps=None, start_delay_secs=0, throttle_secs=0))
