@@ -185,10 +185,10 @@ def _install(graph, averaged):
     saver = savers[0]
     if saver._is_built:
         _graphs.set_aside(saver, graph)
-    if saver._is_built and saver._var_list is not None:
-        logger.info("%s: the graph's default Saver was built by the model_fn; it is replaced "
-                    "by one with the same variables and settings that also saves the "
-                    "averages.", averaged.name)
+        if saver._var_list is not None:
+            logger.info("%s: the graph's default Saver was built by the model_fn; it is "
+                        "replaced by one with the same variables and settings that also saves "
+                        "the averages.", averaged.name)
     previous = list(saver._averaged) if isinstance(saver, AdoptingSaver) else []
     savers[0] = AdoptingSaver.replacing(saver, previous + [averaged])
 

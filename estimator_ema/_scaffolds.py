@@ -43,7 +43,6 @@ class CheckpointAveragesSaver(tf.train.Saver):
         super(CheckpointAveragesSaver, self).__init__(restored, sharded=True)
         self._average_name = name
         self._variables = variables
-        self._raw_keys = [key for key, _ in raw_copies]
         self._selected = sorted({checkpoint_key(v) for v in selected})
         self._mode = mode
         with tf.name_scope("restore_averages"), tf.device("/device:CPU:0"):
@@ -84,7 +83,7 @@ class CheckpointAveragesSaver(tf.train.Saver):
         averages = checkpoint_averages(shapes, self._average_name)
         self._check_selected(save_path, averages)
         keys = [averages.get(key, key) for key in map(checkpoint_key, self._variables)]
-        keys += self._raw_keys
+        keys += [key for key, _ in self.raw_copies]
         missing = []
         for key, var in zip(keys, self._restored):
             shape = _slice(var)[1]
