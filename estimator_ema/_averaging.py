@@ -276,6 +276,7 @@ class ExponentialMovingAverager(Averager):
     def __init__(self, options, graph=None):
         super(ExponentialMovingAverager, self).__init__(options, graph)
         self._decay = None  # (the step tensor, its decay) last built
+        self._increment = None  # the lazy clocks' increment, with lazy rows
         self._debias = []
         if options.zero_debias:
             biased, local_step = DEBIAS_HELPERS
@@ -330,14 +331,23 @@ class ExponentialMovingAverager(Averager):
             decay = self.decay(step)
             if self._then[1] is not None:  # an update not due moves nothing
                 decay = tf.where_v2(self._then[1], decay, tf.ones_like(decay))
-        return _rows.LazyRows(found, decay)
+            self._increment = _rows.clock_increment(decay)
+        return _rows.LazyRows(found, self._increment)
 
     def _apply(self, step):
         with self._beside_step():
             decay = self.decay(step)
         # Only the decay goes to each device that holds averages (once: one
         # transfer serves every op there); what is computed from it is computed
-        # there, once per device and dtype.
+        # there, once per device and dtype. Beside lazy rows the lazy clocks'
+        # increment goes instead, `-log(decay)` in float64: `1 - decay` from it
+        # rounds to stock's float32 `1 - decay`.
+        if self._rows is not None:
+            def one_minus(dtype):
+                return tf.cast(-tf.math.expm1(-self._increment), dtype)
+        else:
+            def one_minus(dtype):
+                return tf.cast(1.0 - decay, dtype)
         one_minus_by_place = {}
         updates = []
         for i, (var, avg) in enumerate(zip(self.variables, self.averages)):
@@ -346,7 +356,7 @@ class ExponentialMovingAverager(Averager):
             with avg.graph.colocate_with(avg):  # on the average's device
                 place = avg.device, avg.dtype.base_dtype
                 if place not in one_minus_by_place:
-                    one_minus_by_place[place] = tf.cast(1.0 - decay, place[1])
+                    one_minus_by_place[place] = one_minus(place[1])
                 updates.append(self._apply_one(i, var, avg, decay,
                                                one_minus_by_place[place]))
         return tf.group(*updates)

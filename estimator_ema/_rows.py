@@ -120,9 +120,10 @@ class _Lazy(object):
         self.variable, self.average, self.writes = variable, average, writes
         self.clock = create_shadow(average, LAZY_CLOCK, tf.constant(0.0, tf.float64),
                                    use_resource=True)
+        # One clock per row, shaped to broadcast against the rows' values.
+        shape = variable.shape[:1].concatenate([1] * (variable.shape.ndims - 1))
         self.row_clock = create_shadow(average, LAZY_ROW_CLOCK,
-                                       lambda: tf.zeros(variable.shape[:1], tf.float64),
-                                       use_resource=True)
+                                       lambda: tf.zeros(shape, tf.float64), use_resource=True)
         before = set.intersection(*[ancestors(op) for op in writes])
         traced = [_trace(i, variable, before) for i in indices]
         with _beside(average):
@@ -138,17 +139,17 @@ class _Lazy(object):
             self.rows = flat[0] if len(flat) == 1 else tf.concat(flat, 0)
             if all(looked_up is not None for _, looked_up in traced):
                 width = [-1] + variable.shape.as_list()[1:]
-                old = [tf.reshape(rows, width) for _, rows in traced]
+                old = [rows if rows.shape.ndims == len(width) else tf.reshape(rows, width)
+                       for _, rows in traced]
                 self.old = old[0] if len(old) == 1 else tf.concat(old, 0)
             else:
                 self.old = gather(variable, self.rows)
 
-    def fold(self, decay):
+    def fold(self, increment):
         """The ops that bring the rows' averages up to date and then advance the
-        clock by `-log(decay)` (see `clock_increment`): (the row clocks' and
+        clock by `increment` (see `clock_increment`): (the row clocks' and
         averages' writes, the clock's)."""
         with _beside(self.average):
-            increment = clock_increment(decay)
             with tf.control_dependencies([self.old] + self._arrived):
                 average = gather(self.average, self.rows)
             with tf.control_dependencies([average]):
@@ -204,8 +205,6 @@ def _at(weights, average, then, now):
     """`weights + (average - weights) * exp(then - now)`, row by row: the average
     of rows dated `then`, at clock `now` (never extrapolated past `then`)."""
     factor = tf.cast(tf.exp(tf.minimum(then - now, 0.0)), average.dtype.base_dtype)
-    for _ in range(average.shape.ndims - 1):
-        factor = tf.expand_dims(factor, -1)
     return weights + (average - weights) * factor
 
 
@@ -266,18 +265,20 @@ class LazyRows(object):
     """The lazily averaged variables of one exponential moving average.
 
     Build it while the training step's writes are still unordered, with the
-    decay in effect after the step (1 where, with `every_n_steps`, its update
-    is not due) read from the global step before them. Before the writes,
-    each step folds the rows it will write (see `_Lazy.fold`) and advances
-    each clock by `-log(decay)`; nothing runs after the writes.
+    clock increment of the decay in effect after the step (see
+    `clock_increment`; 0 where, with `every_n_steps`, its update is not due)
+    read from the global step before them. Before the writes, each step folds
+    the rows it will write (see `_Lazy.fold`) and advances each clock by the
+    increment; nothing runs after the writes.
     """
 
-    def __init__(self, found, decay):
-        """`found`: `[(variable, average, writes, indices)]`; `decay`: the step's
-        decay (float32 scalar), sent once to each device that holds averages."""
+    def __init__(self, found, increment):
+        """`found`: `[(variable, average, writes, indices)]`; `increment`: the
+        step's clock increment (float64 scalar), sent once to each device that
+        holds averages."""
         self.lazy = [_Lazy(*args) for args in found]
         for lazy in self.lazy:
-            before = lazy.fold(decay)
+            before = lazy.fold(increment)
             for op in lazy.writes:
                 for wait in before:
                     op._add_control_input(wait)

@@ -294,6 +294,43 @@ def test_tables_on_parameter_servers_are_lazy(monkeypatch, caplog, tf_config):
     assert [op.name for op in rows if op.device != "/job:ps/task:0"] == []
 
 
+def test_on_parameter_servers_one_float64_scalar_crosses_and_a_fold_is_a_few_ops():
+    """A table in two parts on two ps, a dense head and the global step on a
+    third: per step, each ps that holds averages receives one tensor from the
+    averaging's ops elsewhere, the clock increment (a float64 scalar), and each
+    part's fold runs a few ops there."""
+    graph = tf.Graph()
+    with graph.as_default(), tf1.device(tf1.train.replica_device_setter(ps_tasks=3)):
+        step = tf1.train.get_or_create_global_step()
+        table = tf1.get_variable("table", [100, 4], partitioner=tf1.fixed_size_partitioner(2))
+        head = tf1.get_variable("head", [4, 1])
+        pooled = tf.reduce_mean(tf1.nn.embedding_lookup(table, tf.constant([[1, 2], [3, 60]])), 1)
+        loss = tf.reduce_mean(tf.matmul(pooled, head))
+        train_op = tf1.train.AdagradOptimizer(0.1).minimize(loss, global_step=step)
+        graph.add_to_collection(tf1.GraphKeys.TRAIN_OP, train_op)
+        graph.add_to_collection(tf1.GraphKeys.SAVERS, tf1.train.Saver(defer_build=True))
+        hook = estimator_ema.ExponentialMovingAverageHook(0.9)
+        hook.begin()
+    (mode, (update, _), _), = hook._plans.values()
+    ran = estimator_ema._graphs.ancestors([train_op, update]) | {train_op, update}
+    averaging = [op for op in ran if op.name.startswith(EMA + "_")]
+    places = {v.op.name: v.device for v in (step, head) + tuple(table)}
+    received = {}
+    for op in averaging:
+        for tensor in op.inputs:
+            if tensor.op.device != op.device and tensor.op.name.startswith(EMA + "_"):
+                received.setdefault(op.device, set()).add(tensor)
+    assert sorted(received) == sorted({places["table/part_0"], places["table/part_1"],
+                                       places["head"]} - {places["global_step"]})
+    for tensors in received.values():
+        (tensor,) = tensors
+        assert (tensor.dtype, tensor.shape.ndims) == (tf.float64, 0)
+    for part in ("table/part_0", "table/part_1"):
+        fold = [op for op in averaging if op.name.startswith(EMA + "_rows/")
+                and op.device == places[part] and op.type != "Const"]
+        assert 10 <= len(fold) <= 14, sorted(op.type for op in fold)
+
+
 def test_a_run_that_writes_a_lazy_table_otherwise_is_refused():
     graph, train_op = training_graph()
     with graph.as_default():
