@@ -239,21 +239,18 @@ def run_cluster(variant, rows, args, work_dir):
             samples.append((time.time(), _cpu_seconds([p.pid for p in processes])))
             chief = processes[args.ps]
             if chief.poll() not in (None, 0) or time.time() > deadline:
-                with open(os.path.join(model_dir, "chief0.log")) as handle:
-                    raise RuntimeError("%s: the chief failed:\n%s"
-                                       % (variant, handle.read()[-3000:]))
+                raise RuntimeError("%s: the chief failed:\n%s"
+                                   % (variant, _chief_log(model_dir)[-3000:]))
             time.sleep(0.2)
         samples.append((time.time(), _cpu_seconds([p.pid for p in processes])))
         time.sleep(0.2)
         with open(report) as handle:
             result = json.load(handle)
         if "error" in result:
-            with open(os.path.join(model_dir, "chief0.log")) as handle:
-                raise RunFailed("%s: %s; the chief's log ends:\n%s"
-                                % (variant, result["error"], handle.read()[-3000:]))
+            raise RunFailed("%s: %s; the chief's log ends:\n%s"
+                            % (variant, result["error"], _chief_log(model_dir)[-3000:]))
         start, end = _at(samples, result["start"]), _at(samples, result["end"])
-        with open(os.path.join(model_dir, "chief0.log")) as handle:
-            lazy = "averaged lazily" in handle.read()
+        lazy = "averaged lazily" in _chief_log(model_dir)
         if lazy != (variant in ("hook", "with_ema")):
             raise RuntimeError("%s: the table was%s averaged lazily" % (variant, "" if lazy
                                                                           else " not"))
@@ -264,6 +261,11 @@ def run_cluster(variant, rows, args, work_dir):
         shutil.rmtree(model_dir, ignore_errors=True)
     cost = None if None in (start, end) else (end - start) / max(result["steps"], 1)
     return result["steps"] / result["seconds"], cost
+
+
+def _chief_log(model_dir):
+    with open(os.path.join(model_dir, "chief0.log")) as handle:
+        return handle.read()
 
 
 class RunFailed(RuntimeError):

@@ -342,12 +342,11 @@ class ExponentialMovingAverager(Averager):
         # there, once per device and dtype. Beside lazy rows the lazy clocks'
         # increment goes instead, `-log(decay)` in float64: `1 - decay` from it
         # rounds to stock's float32 `1 - decay`.
-        if self._rows is not None:
-            def one_minus(dtype):
+        def one_minus(dtype):
+            if self._increment is not None:
                 return tf.cast(-tf.math.expm1(-self._increment), dtype)
-        else:
-            def one_minus(dtype):
-                return tf.cast(1.0 - decay, dtype)
+            return tf.cast(1.0 - decay, dtype)
+
         one_minus_by_place = {}
         updates = []
         for i, (var, avg) in enumerate(zip(self.variables, self.averages)):
