@@ -29,7 +29,9 @@ work as about the variant, so the script also reports what each global step
 costs: the CPU time (user and system, from /proc on Linux) that all the
 cluster's processes spent over the window, divided by its global steps, and
 as a ratio, no averaging's cost over the variant's (the throughput ratio a
-CPU-bound cluster would have on a machine of its own).
+CPU-bound cluster would have on a machine of its own), and how much of it
+the parameter servers spent and how much the chief and workers: where a
+variant's work runs.
 
 Variants:
 
@@ -187,32 +189,45 @@ def _free_ports(count):
             s.close()
 
 
-def _cpu_seconds(pids):
-    """The CPU time (user and system) the processes `pids` have spent, or None
-    where /proc cannot tell."""
-    total = 0
+def _cpu_seconds(pid):
+    """The CPU time (user and system) process `pid` has spent, or None where
+    /proc cannot tell."""
     try:
-        for pid in pids:
-            with open("/proc/%d/stat" % pid) as handle:
-                fields = handle.read().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (ticks)
+        with open("/proc/%d/stat" % pid) as handle:
+            fields = handle.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
     except (OSError, IndexError, ValueError):
-        return None
-    return total / float(os.sysconf("SC_CLK_TCK"))
+        return None  # utime and stime are fields 14 and 15, in ticks
 
 
 def _at(samples, when):
-    """The CPU seconds at time `when`, interpolated between `(time, seconds)`
-    samples; None if the samples do not span it."""
+    """Each process's CPU seconds at time `when`, interpolated between
+    `(time, [seconds of each process])` samples; None if the samples do not
+    span it."""
     for (t0, c0), (t1, c1) in zip(samples, samples[1:]):
-        if t0 <= when <= t1 and None not in (c0, c1):
-            return c0 + (c1 - c0) * (when - t0) / max(t1 - t0, 1e-9)
+        if t0 <= when <= t1 and None not in c0 + c1:
+            share = (when - t0) / max(t1 - t0, 1e-9)
+            return [a + (b - a) * share for a, b in zip(c0, c1)]
     return None
 
 
+def _costs(samples, tasks, result):
+    """{"all", "ps", "training": CPU seconds per global step over the window}
+    of all the cluster's processes, its parameter servers, and its chief and
+    workers; None if /proc cannot tell."""
+    start, end = _at(samples, result["start"]), _at(samples, result["end"])
+    if None in (start, end):
+        return None
+    spent = [b - a for a, b in zip(start, end)]
+    steps = max(result["steps"], 1)
+    ps = sum(s for s, (task, _) in zip(spent, tasks) if task == "ps")
+    return {"all": sum(spent) / steps, "ps": ps / steps,
+            "training": (sum(spent) - ps) / steps}
+
+
 def run_cluster(variant, rows, args, work_dir):
-    """(global steps/s, CPU seconds of the cluster per global step or None) of
-    one run of `variant` (starts and kills the cluster)."""
+    """(global steps/s, `_costs` or None) of one run of `variant` (starts and
+    kills the cluster)."""
     model_dir = tempfile.mkdtemp(prefix=variant + "-", dir=work_dir)
     addresses = ["127.0.0.1:%d" % p for p in _free_ports(1 + args.workers + args.ps)]
     spec = {"chief": addresses[:1], "ps": addresses[1 + args.workers:]}
@@ -236,20 +251,19 @@ def run_cluster(variant, rows, args, work_dir):
         deadline = time.time() + args.warmup + args.window + 600
         samples = []
         while not os.path.exists(report):
-            samples.append((time.time(), _cpu_seconds([p.pid for p in processes])))
+            samples.append((time.time(), [_cpu_seconds(p.pid) for p in processes]))
             chief = processes[args.ps]
             if chief.poll() not in (None, 0) or time.time() > deadline:
                 raise RuntimeError("%s: the chief failed:\n%s"
                                    % (variant, _chief_log(model_dir)[-3000:]))
             time.sleep(0.2)
-        samples.append((time.time(), _cpu_seconds([p.pid for p in processes])))
+        samples.append((time.time(), [_cpu_seconds(p.pid) for p in processes]))
         time.sleep(0.2)
         with open(report) as handle:
             result = json.load(handle)
         if "error" in result:
             raise RunFailed("%s: %s; the chief's log ends:\n%s"
                             % (variant, result["error"], _chief_log(model_dir)[-3000:]))
-        start, end = _at(samples, result["start"]), _at(samples, result["end"])
         lazy = "averaged lazily" in _chief_log(model_dir)
         if lazy != (variant in ("hook", "with_ema")):
             raise RuntimeError("%s: the table was%s averaged lazily" % (variant, "" if lazy
@@ -259,8 +273,7 @@ def run_cluster(variant, rows, args, work_dir):
             process.kill()
             process.wait()
         shutil.rmtree(model_dir, ignore_errors=True)
-    cost = None if None in (start, end) else (end - start) / max(result["steps"], 1)
-    return result["steps"] / result["seconds"], cost
+    return result["steps"] / result["seconds"], _costs(samples, tasks, result)
 
 
 def _chief_log(model_dir):
@@ -295,7 +308,9 @@ def measure(rows, variants, args, work_dir):
             rates[v].append(rate)
             costs[v].append(cost)
             print("  round %d %-11s %8.1f global steps/s, %s CPU ms a step"
-                  % (r + 1, v, rate, "?" if cost is None else "%.2f" % (1000 * cost)))
+                  % (r + 1, v, rate, "?" if cost is None else
+                     "%.2f (ps %.2f, chief and workers %.2f)"
+                     % tuple(1000 * cost[k] for k in ("all", "ps", "training"))))
             sys.stdout.flush()
     results = {}
     for v in variants:
@@ -305,12 +320,16 @@ def measure(rows, variants, args, work_dir):
                       "ratio_quartiles": quartiles(ratios),
                       "rounds_steps_per_s": rates[v], "rounds_ratio": ratios}
         if None not in costs[v] + costs["none"]:
-            cost_ratios = [b / a for a, b in zip(costs[v], costs["none"])]
+            cost_ratios = [b["all"] / a["all"] for a, b in zip(costs[v], costs["none"])]
+            ms = {k: [1000 * c[k] for c in costs[v]] for k in ("all", "ps", "training")}
             results[v].update(
-                cpu_ms_per_step=1000 * statistics.median(costs[v]),
+                cpu_ms_per_step=statistics.median(ms["all"]),
+                ps_cpu_ms_per_step=statistics.median(ms["ps"]),
+                training_cpu_ms_per_step=statistics.median(ms["training"]),
                 cost_ratio=statistics.median(cost_ratios),
                 cost_ratio_quartiles=quartiles(cost_ratios),
-                rounds_cpu_ms_per_step=[1000 * c for c in costs[v]])
+                rounds_cpu_ms_per_step=ms["all"], rounds_ps_cpu_ms_per_step=ms["ps"],
+                rounds_training_cpu_ms_per_step=ms["training"])
     return results
 
 
@@ -358,16 +377,17 @@ def main(argv=None):
                   "(TF %s)" % (rows, DIM, args.ps, args.workers, IDS, BATCH, tf.__version__))
             results = measure(rows, variants, args, work_dir)
             report["tables"][str(rows)] = results
-            print("  %-11s %10s %8s  %-15s %12s %8s  %s" % (
+            print("  %-11s %10s %8s  %-15s %12s %8s  %-11s  %6s %9s" % (
                 "variant", "steps/s", "ratio", "quartiles", "CPU ms/step", "ratio",
-                "quartiles"))
+                "quartiles", "of ps", "of tasks"))
             for v in variants:
                 r = results[v]
                 line = "  %-11s %10.1f %8.3f  %.3f-%.3f    " % (
                     (v, r["steps_per_s"], r["ratio"]) + r["ratio_quartiles"])
                 if "cost_ratio" in r:
-                    line += "%12.2f %8.3f  %.3f-%.3f" % (
-                        (r["cpu_ms_per_step"], r["cost_ratio"]) + r["cost_ratio_quartiles"])
+                    line += "%12.2f %8.3f  %.3f-%.3f  %6.2f %9.2f" % (
+                        (r["cpu_ms_per_step"], r["cost_ratio"]) + r["cost_ratio_quartiles"]
+                        + (r["ps_cpu_ms_per_step"], r["training_cpu_ms_per_step"]))
                 print(line)
             sys.stdout.flush()
     finally:

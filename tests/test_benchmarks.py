@@ -115,6 +115,8 @@ def test_cluster_embedding_quick_mode_runs_a_cluster_per_variant(tmp_path):
     assert set(variants) == {"none", "hook"}
     for variant in variants.values():
         assert variant["steps_per_s"] > 0 and variant["ratio"] > 0
+        if sys.platform.startswith("linux"):  # CPU time from /proc, by role
+            assert variant["ps_cpu_ms_per_step"] > 0 < variant["training_cpu_ms_per_step"]
 
 
 def test_a_baseline_copy_runs_its_own_modules(tmp_path):
