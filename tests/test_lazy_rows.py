@@ -298,7 +298,8 @@ def test_on_parameter_servers_one_float64_scalar_crosses_and_a_fold_is_a_few_ops
     """A table in two parts on two ps, a dense head and the global step on a
     third: per step, each ps that holds averages receives one tensor from the
     averaging's ops elsewhere, the clock increment (a float64 scalar), and each
-    part's fold runs a few ops there."""
+    part's fold runs a few ops there (not counting constants, nor the identities
+    TF 2.4 puts after a resource read)."""
     graph = tf.Graph()
     with graph.as_default(), tf1.device(tf1.train.replica_device_setter(ps_tasks=3)):
         step = tf1.train.get_or_create_global_step()
@@ -327,7 +328,7 @@ def test_on_parameter_servers_one_float64_scalar_crosses_and_a_fold_is_a_few_ops
         assert (tensor.dtype, tensor.shape.ndims) == (tf.float64, 0)
     for part in ("table/part_0", "table/part_1"):
         fold = [op for op in averaging if op.name.startswith(EMA + "_rows/")
-                and op.device == places[part] and op.type != "Const"]
+                and op.device == places[part] and op.type not in ("Const", "Identity")]
         assert 10 <= len(fold) <= 14, sorted(op.type for op in fold)
 
 
