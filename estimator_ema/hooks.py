@@ -26,10 +26,10 @@ class _AveragingHook(tf.train.SessionRunHook):
     - woven: an increment that adds one to the global step (not on a
       parameter server) gets the update as a control input, ordered after
       every op the increment waits for; a `tf.group` (NoOp) gets it after
-      everything it groups. The train op then runs the update, and the hook
-      fetches nothing.
-    - chained: any other op (one that writes a variable itself, say), and
-      every op when only every `k`-th step's update changes anything: the
+      everything it groups. The train op then runs the update (with
+      `every_n_steps=k`, behind the in-graph gate `with_ema` has), and the
+      hook fetches nothing.
+    - chained: any other op (one that writes a variable itself, say): the
       hook fetches the update, ordered after that op.
 
     `UPDATE_OPS` ops (batch-norm statistics) that the op does not run are run
@@ -37,9 +37,9 @@ class _AveragingHook(tf.train.SessionRunHook):
     every op they run that writes an averaged variable or the global step must
     come before the update, or the hook raises RuntimeError naming them.
 
-    With `every_n_steps=k` (chained), when each run provably adds one to the
-    global step, the hook counts steps in Python and leaves not-due runs
-    alone: no fetch. Each due run reads the global step back; if something
+    With `every_n_steps=k` and a chained update, when each run provably adds
+    one to the global step, the hook counts steps in Python and leaves
+    not-due runs alone: no fetch. Each due run reads the global step back; if something
     else moved it, the hook warns and fetches the update (which checks the
     global step itself) with every step from then on.
 
@@ -83,7 +83,7 @@ class _AveragingHook(tf.train.SessionRunHook):
         self._period = self._averager.period()
         self._watched = list(self._averager.variables) + [self._averager.global_step]
         self._plans = {op: self._plan(op, step) for op, step in steps.items()}
-        self._runs = {}
+        self._runs, self._key = {}, None
         self._start = self._averager.initialize_from_weights()
         self._averager.add_summaries()
         self._mode, self._counting, self._next_step = None, False, None
@@ -96,7 +96,7 @@ class _AveragingHook(tf.train.SessionRunHook):
             return "refused", step_ops, None
         extra, _ = step_ops
         step = self._averager.global_step
-        if self._period == 1 and train_op not in ancestors(extra):
+        if train_op not in ancestors(extra):
             if adds_one_to(train_op, step) and "/job:ps" not in step.device:
                 after = ([t.op for t in train_op.inputs[1:]] + list(train_op.control_inputs)
                          + extra)
@@ -125,16 +125,22 @@ class _AveragingHook(tf.train.SessionRunHook):
             session.run(self._start)
 
     def before_run(self, run_context):
+        # Every run of a training loop passes this: a woven run (the usual case)
+        # does the least Python it can, its cost shows against a short step.
         fetches = run_context.original_args.fetches
         key = _fetches_key(fetches)
-        if key not in self._runs:
-            self._runs[key] = self._choose(ancestors(fetches))
-        self._mode, self._update, self._counting = self._runs[key]
+        if key != self._key:
+            if key not in self._runs:
+                self._runs[key] = self._choose(ancestors(fetches))
+            self._key = key
+            self._mode, self._update, self._counting = self._runs[key]
+        if self._mode != "chained":
+            return None
         self._skip = (self._counting and self._next_step is not None
                       and self._next_step % self._period != 0)
-        if self._mode == "chained" and not self._skip:
-            return tf.train.SessionRunArgs(self._fetch(self._update))
-        return None
+        if self._skip:
+            return None
+        return tf.train.SessionRunArgs(self._fetch(self._update))
 
     def _choose(self, ran):
         """(mode, update, counting) for runs of the ops `ran`; raises RuntimeError
@@ -225,14 +231,21 @@ def _no_saver_refusal(graph):
             "checkpoints could not be made to hold plain averages")
 
 
+_GRAPH_ELEMENTS = (tf.Operation, tf.Tensor)
+_SEQUENCES = (list, tuple)
+
+
 def _fetches_key(fetches):
     """A key of the ops and tensors `fetches` names, cheap to make every run (for
     one op, or Estimator's flat `[train_op, loss]`, it skips `tf.nest`)."""
-    if isinstance(fetches, (tf.Operation, tf.Tensor)):
+    if isinstance(fetches, _GRAPH_ELEMENTS):
         return (id(fetches),)
-    if isinstance(fetches, (list, tuple)) and not any(
-            isinstance(f, (list, tuple, dict)) for f in fetches):
-        return tuple(map(id, fetches))
+    if isinstance(fetches, _SEQUENCES):
+        for fetch in fetches:
+            if not isinstance(fetch, _GRAPH_ELEMENTS):
+                break
+        else:
+            return tuple(map(id, fetches))
     return tuple(map(id, tf.nest.flatten(fetches)))
 
 
@@ -255,9 +268,9 @@ class ExponentialMovingAverageHook(_AveragingHook):
     The update runs in the training step's own session run, after every op of
     that run that writes an averaged variable or the global step (see
     `_AveragingHook`): woven into the train op when it is the global-step
-    increment or a `tf.group`, so the hook fetches nothing, fetched after the
-    train op otherwise. With `every_n_steps=k` the hook leaves not-due runs
-    alone when it can count steps. A session that starts at global step 0
+    increment or a `tf.group`, so the hook fetches nothing (with
+    `every_n_steps=k` too: the update's gate is in the graph), fetched after
+    the train op otherwise. A session that starts at global step 0
     sets the averages to the weights.
 
     Example:

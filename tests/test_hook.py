@@ -49,26 +49,6 @@ def test_every_n_steps_uses_decay_to_the_k(model_dir, optimizer, every_n_steps):
     assert_averages(model_dir, ema_oracle(sgd_weights(12), 0.8, every_n_steps=every_n_steps))
 
 
-def test_every_n_steps_leaves_runs_that_are_not_due_alone(tmp_path):
-    hook = FetchRecordingHook(0.8, every_n_steps=5)
-    est = estimator(tmp_path)
-    est.train(input_fn, steps=12, hooks=[hook])
-    # The first run reads the global step; then only steps 5 and 10 are due.
-    assert hook.fetched == [s in (1, 5, 10) for s in range(1, 13)]
-    # A second train() restores step 12 and counts on from it.
-    est.train(input_fn, steps=4, hooks=[hook])
-    assert hook.fetched == [s in (13, 15) for s in range(13, 17)]
-    expected = ema_oracle(sgd_weights(16), 0.8, every_n_steps=5)
-    assert_averages(tmp_path, expected)
-
-
-def test_update_is_woven_into_the_train_op_and_the_hook_fetches_nothing(model_dir):
-    hook = FetchRecordingHook(0.8)
-    estimator(model_dir).train(input_fn, steps=6, hooks=[hook])
-    assert hook.fetched == [False] * 6
-    assert_averages(model_dir, ema_oracle(sgd_weights(6), 0.8))
-
-
 def model_fn_with_update_op_after_the_train_op(features, labels, mode, params):
     """The linear model, plus an UPDATE_OPS op that waits for the train op; with
     params["group"] the train op groups them, otherwise nothing runs it."""
@@ -95,6 +75,33 @@ def test_update_op_after_the_train_op(model_dir, group):
     assert_averages(model_dir, ema_oracle(sgd_weights(4), 0.8))
 
 
+def test_every_n_steps_woven_fetches_nothing(model_dir):
+    # The gate is in the graph, as with_ema's: no run fetches anything.
+    hook = FetchRecordingHook(0.8, every_n_steps=5)
+    estimator(model_dir).train(input_fn, steps=12, hooks=[hook])
+    assert hook.fetched == [False] * 12
+    assert_averages(model_dir, ema_oracle(sgd_weights(12), 0.8, every_n_steps=5))
+
+
+def unwired(model_dir):
+    """An Estimator whose train op the hook cannot weave into: it fetches."""
+    return tf.estimator.Estimator(model_fn_with_update_op_after_the_train_op, str(model_dir),
+                                  params={"group": False})
+
+
+def test_every_n_steps_chained_leaves_runs_that_are_not_due_alone(tmp_path):
+    hook = FetchRecordingHook(0.8, every_n_steps=5)
+    est = unwired(tmp_path)
+    est.train(input_fn, steps=12, hooks=[hook])
+    # The first run reads the global step; then only steps 5 and 10 are due.
+    assert hook.fetched == [s in (1, 5, 10) for s in range(1, 13)]
+    # A second train() restores step 12 and counts on from it.
+    est.train(input_fn, steps=4, hooks=[hook])
+    assert hook.fetched == [s in (13, 15) for s in range(13, 17)]
+    expected = ema_oracle(sgd_weights(16), 0.8, every_n_steps=5)
+    assert_averages(tmp_path, expected)
+
+
 def test_counting_stops_with_a_warning_when_something_else_moves_the_step(
         model_dir, caplog):
     class MoveStepAfterSecondRun(tf1.train.SessionRunHook):
@@ -108,8 +115,7 @@ def test_counting_stops_with_a_warning_when_something_else_moves_the_step(
                 run_context.session.run(self._move)
 
     hook = FetchRecordingHook(0.8, every_n_steps=3)
-    estimator(model_dir).train(input_fn, steps=6,
-                               hooks=[hook, MoveStepAfterSecondRun()])
+    unwired(model_dir).train(input_fn, steps=6, hooks=[hook, MoveStepAfterSecondRun()])
     # Run 1 reads step 1, run 2 (step 2) is skipped, the mover makes it 3, run 3
     # (counted as step 3, due) finds step 4: from then on every run fetches.
     assert hook.fetched == [True, False, True, True, True]
