@@ -120,7 +120,7 @@ def main(argv=None):
         args.dense_steps = 3
     model_dir = tempfile.mkdtemp(prefix="estimator-ema-embedding-")
     try:
-        built = {v: build(v, args.rows, model_dir) for v in variants}
+        built = {v: [build(v, args.rows, model_dir)] for v in variants}
         dense = {v for v in variants if v == "stock" or v.endswith("_dense")}
         steps = {v: args.dense_steps if v in dense else args.steps for v in variants}
         settle = {v: min(args.settle, 1) if v in dense else args.settle for v in variants}

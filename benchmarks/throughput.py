@@ -31,10 +31,16 @@ DIR (an earlier commit, say), is loaded beside the installed one, and its
 take turns in the same rounds: the ratios of the two versions are then
 measured side by side.
 
+With `--copies N`, each variant is built N times, each copy in its own graph
+and session, and every copy takes a turn each round; a variant's steps/s in a
+round is the mean of its copies'. Two builds of the same code can differ by
+several percent for the whole run (the memory their buffers landed in, say):
+one copy of each variant measures that as well as the variants.
+
 Usage:
 
-  python benchmarks/throughput.py [--config big,small] [--rounds 41] [--session bare]
-                                  [--baseline DIR] [--json out.json]
+  python benchmarks/throughput.py [--config big,small] [--rounds 41] [--copies 3]
+                                  [--session bare] [--baseline DIR] [--json out.json]
   python benchmarks/throughput.py --quick --json out.json     # smoke run, for CI
 """
 
@@ -157,7 +163,8 @@ def load_baseline(source_dir):
 
 
 def build(variant, config, session_kind, model_dir):
-    """(graph, MonitoredSession, train op) of one variant, ready to run."""
+    """(graph, MonitoredSession, train op) of one variant, ready to run; its
+    checkpoints go to `model_dir`."""
     variant, _, suffix = variant.partition("@")
     package = PACKAGES["@" + suffix if suffix else ""]
     graph = tf.Graph()
@@ -192,7 +199,7 @@ def build(variant, config, session_kind, model_dir):
         # As Estimator.train does, before the hooks' begin().
         tf1.add_to_collection(tf1.GraphKeys.SAVERS, tf1.train.Saver(sharded=True))
         if session_kind == "estimator":
-            session = estimator_session(spec, hooks, os.path.join(model_dir, variant + suffix))
+            session = estimator_session(spec, hooks, model_dir)
         else:
             session = tf1.train.MonitoredSession(
                 session_creator=tf1.train.ChiefSessionCreator(scaffold=spec.scaffold),
@@ -210,10 +217,11 @@ def timed_steps(graph, session, train_op, steps):
                 steps / max(time.process_time() - cpu_start, 1e-9))
 
 
-def measure(config, variants, rounds, steps, warmup, session_kind):
+def measure(config, variants, rounds, steps, warmup, session_kind, copies=1):
     model_dir = tempfile.mkdtemp(prefix="estimator-ema-throughput-")
     try:
-        built = {v: build(v, config, session_kind, model_dir) for v in variants}
+        built = {v: [build(v, config, session_kind, os.path.join(model_dir, "%s.%d" % (v, c)))
+                     for c in range(copies)] for v in variants}
         return run_rounds(built, variants, rounds, steps, warmup)
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
@@ -223,24 +231,35 @@ def run_rounds(built, variants, rounds, steps, warmup, settle=0):
     """Per-variant results of `rounds` rounds of `steps` timed steps each, after
     `warmup` untimed steps per variant; with `settle`, each turn first runs that
     many untimed steps (caches refilled after another variant's turn).
-    `steps` and `settle` are ints or `{variant: int}`."""
-    for graph, session, train_op in built.values():
-        timed_steps(graph, session, train_op, warmup)
-    per_round = {v: [] for v in variants}
-    cpu_round = {v: [] for v in variants}
+    `built[variant]` is a list of copies, each `(graph, session, train op)`:
+    every copy takes a turn each round, and a variant's steps/s in a round is
+    the mean of its copies'. `steps` and `settle` are ints or `{variant: int}`."""
+    turns = [(v, c) for v in variants for c in range(len(built[v]))]
+    for v, c in turns:
+        timed_steps(*built[v][c], warmup)
+    speed = {turn: [] for turn in turns}
+    cpu_speed = {turn: [] for turn in turns}
     for r in range(rounds):
-        # Rotate the order so no variant always runs first (or right after another).
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
-        for v in order:
+        # Rotate the order so no turn always comes first (or right after another).
+        order = turns[r % len(turns):] + turns[:r % len(turns)]
+        for v, c in order:
             untimed = settle[v] if isinstance(settle, dict) else settle
             if untimed:
-                timed_steps(*built[v], untimed)
-            wall, cpu = timed_steps(*built[v], steps[v] if isinstance(steps, dict) else steps)
-            per_round[v].append(wall)
-            cpu_round[v].append(cpu)
-    for graph, session, _ in built.values():
-        with graph.as_default():
-            session.close()
+                timed_steps(*built[v][c], untimed)
+            wall, cpu = timed_steps(*built[v][c], steps[v] if isinstance(steps, dict) else steps)
+            speed[v, c].append(wall)
+            cpu_speed[v, c].append(cpu)
+    for copies in built.values():
+        for graph, session, _ in copies:
+            with graph.as_default():
+                session.close()
+
+    def mean_of_copies(measured, v):
+        return [statistics.mean(values)
+                for values in zip(*[measured[v, c] for c in range(len(built[v]))])]
+
+    per_round = {v: mean_of_copies(speed, v) for v in variants}
+    cpu_round = {v: mean_of_copies(cpu_speed, v) for v in variants}
     results = {}
     for v in variants:
         ratios = [a / b for a, b in zip(per_round[v], per_round["none"])]
@@ -249,6 +268,11 @@ def run_rounds(built, variants, rounds, steps, warmup, settle=0):
                       "ratio": statistics.median(ratios),
                       "ratio_quartiles": quartiles(ratios),
                       "cpu_ratio": statistics.median(cpu_ratios),
+                      # Each copy's median ratio to the round's no averaging: how
+                      # much two builds of the same code differ.
+                      "copies_ratio": [
+                          statistics.median(a / b for a, b in zip(speed[v, c], per_round["none"]))
+                          for c in range(len(built[v]))],
                       "rounds_steps_per_s": per_round[v],
                       "rounds_ratio": ratios,
                       "rounds_cpu_steps_per_s": cpu_round[v]}
@@ -295,6 +319,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=41)
     parser.add_argument("--steps", type=int, default=None,
                         help="steps per variant per round (default: per configuration)")
+    parser.add_argument("--copies", type=int, default=1,
+                        help="build each variant this many times (each its own graph and "
+                             "session), all taking turns: builds of the same code can differ "
+                             "by several percent, which the mean over copies evens out")
     parser.add_argument("--warmup", type=int, default=50,
                         help="untimed steps per variant before the rounds")
     parser.add_argument("--session", choices=("estimator", "bare"), default="estimator",
@@ -317,29 +345,35 @@ def main(argv=None):
         variants += tuple(v + BASELINE for v in AVERAGING if v in variants)
     if args.quick:
         args.rounds, args.steps, args.warmup = 2, 5, 2
+    if args.copies < 1:
+        parser.error("--copies must be at least 1")
     report = {"tensorflow": tf.__version__, "python": platform.python_version(),
               "baseline": args.baseline,
               "cpu": cpu_model(), "cores": os.cpu_count(), "decay": DECAY,
               "session": args.session, "rounds": args.rounds, "warmup": args.warmup,
+              "copies": args.copies,
               "configs": {}}
     for name in args.config.split(","):
         config = dict(CONFIGS[name])
         steps = args.steps or config["steps"]
-        results = measure(config, variants, args.rounds, steps, args.warmup, args.session)
+        results = measure(config, variants, args.rounds, steps, args.warmup, args.session,
+                          args.copies)
         entry = dict(config, steps=steps, variants=results)
         if set(VARIANTS) <= set(variants):
             entry["targets"] = targets(results)
         report["configs"][name] = entry
-        print("%s: %d layers x %d, batch %d, %d rounds x %d steps, %s session (TF %s)"
-              % (name, config["layers"], config["width"], config["batch"], args.rounds,
-                 steps, args.session, tf.__version__))
-        print("  %-21s %10s %8s  %-15s %9s" % ("variant", "steps/s", "ratio",
-                                                "ratio quartiles", "cpu ratio"))
+        print("%s: %d layers x %d, batch %d, %d rounds x %d steps, %d cop%s of each, %s "
+              "session (TF %s)" % (name, config["layers"], config["width"], config["batch"],
+                                   args.rounds, steps, args.copies,
+                                   "y" if args.copies == 1 else "ies", args.session,
+                                   tf.__version__))
+        print("  %-21s %10s %8s  %-15s %9s  %s" % ("variant", "steps/s", "ratio",
+                                                    "ratio quartiles", "cpu ratio", "copies"))
         for v in variants:
             r = results[v]
-            print("  %-21s %10.1f %8.3f  %.3f-%.3f     %9.3f"
+            print("  %-21s %10.1f %8.3f  %.3f-%.3f     %9.3f  %s"
                   % ((v, r["steps_per_s"], r["ratio"]) + r["ratio_quartiles"]
-                     + (r["cpu_ratio"],)))
+                     + (r["cpu_ratio"], " ".join("%.3f" % x for x in r["copies_ratio"]))))
         for key, value in sorted(entry.get("targets", {}).items()):
             print("  %s: %s" % (key, value if not isinstance(value, float) else "%.2f" % value))
         sys.stdout.flush()

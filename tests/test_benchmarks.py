@@ -94,6 +94,18 @@ def test_throughput_runs_a_baseline_copy_of_the_package_side_by_side(tmp_path):
     assert set(report["configs"]["small"]["variants"]) == {"none", "hook", "hook@baseline"}
 
 
+def test_throughput_copies_of_each_variant_take_turns(tmp_path):
+    out = tmp_path / "throughput.json"
+    _run("throughput.py", tmp_path, "--quick", "--config", "small", "--variants", "hook",
+         "--copies", "2", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["copies"] == 2
+    for result in report["configs"]["small"]["variants"].values():
+        assert len(result["copies_ratio"]) == 2
+        assert all(ratio > 0 for ratio in result["copies_ratio"])
+        assert len(result["rounds_steps_per_s"]) == 2
+
+
 def test_embedding_quick_mode_reports_every_variant(tmp_path):
     out = tmp_path / "embedding.json"
     _run("embedding.py", tmp_path, "--quick", "--json", str(out))
