@@ -39,9 +39,9 @@ class _AveragingHook(tf.train.SessionRunHook):
 
     With `every_n_steps=k` and a chained update, when each run provably adds
     one to the global step, the hook counts steps in Python and leaves
-    not-due runs alone: no fetch. Each due run reads the global step back; if something
-    else moved it, the hook warns and fetches the update (which checks the
-    global step itself) with every step from then on.
+    not-due runs alone: no fetch. Each due run reads the global step back; if
+    something else moved it, the hook warns and fetches the update (which
+    checks the global step itself) with every step from then on.
 
     When a session starts at global step 0, the hook sets every average to its
     weight, so the averages start from the weights training starts from

@@ -49,6 +49,13 @@ def test_every_n_steps_uses_decay_to_the_k(model_dir, optimizer, every_n_steps):
     assert_averages(model_dir, ema_oracle(sgd_weights(12), 0.8, every_n_steps=every_n_steps))
 
 
+def test_update_is_woven_into_the_train_op_and_the_hook_fetches_nothing(model_dir):
+    hook = FetchRecordingHook(0.8)
+    estimator(model_dir).train(input_fn, steps=6, hooks=[hook])
+    assert hook.fetched == [False] * 6
+    assert_averages(model_dir, ema_oracle(sgd_weights(6), 0.8))
+
+
 def model_fn_with_update_op_after_the_train_op(features, labels, mode, params):
     """The linear model, plus an UPDATE_OPS op that waits for the train op; with
     params["group"] the train op groups them, otherwise nothing runs it."""
