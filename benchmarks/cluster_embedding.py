@@ -182,7 +182,7 @@ def _free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     try:
         for s in sockets:
-            s.bind(("127.0.0.1", 0))
+            s.bind(("", 0))  # TensorFlow's servers bind every interface
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:

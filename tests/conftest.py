@@ -1,6 +1,7 @@
 """Shared fixtures: a deterministic linear model and its numpy oracles."""
 
 import os
+import socket
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -167,6 +168,19 @@ def model_dir(tmp_path):
 
 EMA = "ExponentialMovingAverage"
 SWA = "StochasticWeightAverage"
+
+
+def free_ports(count):
+    """`count` TCP ports free now on every interface (TensorFlow's servers bind
+    the wildcard address, so a port free on 127.0.0.1 alone may not be)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def trained_with_hook(model_dir, steps=10, **hook_kwargs):

@@ -5,7 +5,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,23 +14,12 @@ import pytest
 import tensorflow as tf
 
 import estimator_ema
-from conftest import IS_TF1, DATA, ema_oracle, estimator, load, sgd_weights
+from conftest import IS_TF1, DATA, ema_oracle, estimator, free_ports, load, sgd_weights
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "cluster_task.py")
 EMA = "ExponentialMovingAverage"
 STEPS = {"hook": 400, "decorator": 400, "sync": 100, "embedding": 200, "lazy-hook": 300,
          "lazy-decorator": 300}
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class Cluster(dict):
@@ -60,7 +48,7 @@ class Cluster(dict):
 
 @contextlib.contextmanager
 def cluster(model_dir, mode, tmp_path, ps_tasks=1, workers=1, env=None):
-    addresses = ["127.0.0.1:%d" % p for p in _free_ports(ps_tasks + 1 + workers)]
+    addresses = ["127.0.0.1:%d" % p for p in free_ports(ps_tasks + 1 + workers)]
     spec = {"ps": addresses[1 + workers:], "chief": [addresses[0]]}
     if workers:
         spec["worker"] = addresses[1:1 + workers]
