@@ -54,33 +54,72 @@ class Averager(object):
         self._rows = None  # _rows.LazyRows, if some variable is averaged lazily
         self._lazy = {}  # {index of a variable: its _rows._Lazy}
         # With lazy rows: (the global step after a training step, read before
-        # its writes, and whether its update is due).
-        self._then = None
+        # its writes, and whether its update is due), and the step's ops.
+        self._then = self._ran = None
         listed = set(id(v) for v in graph.get_collection(tf.GraphKeys.MOVING_AVERAGE_VARIABLES))
         for var in self.variables:
             if id(var) not in listed:
                 graph.add_to_collection(tf.GraphKeys.MOVING_AVERAGE_VARIABLES, var)
         _AVERAGERS.setdefault(graph, []).append(weakref.ref(self))
 
-    def update(self, after=(), step_offset=0):
+    def update(self, after=(), step_offset=0, join=None):
         """One op that updates every average, after the ops in `after`.
 
         The update belongs to the global step it reads plus `step_offset`: 1 when
-        it runs before the op that increments the global step.
+        it runs before the op that increments the global step. With lazy rows
+        the step and whether the update is due were read before the step's
+        writes (see `average_rows_lazily`), so the update of each average need
+        only follow the writes of its own variable (see `_follows`), on a
+        parameter server where they run; the op returned still follows `join`
+        (default `after`: a run that fetches it beside those ops need not).
         """
         with self._scope("update"):
-            with tf.control_dependencies(completions(after)):
-                if self._then is not None:
-                    step, due = self._then
-                else:
-                    with self._beside_step():
-                        step = read_fresh(self.global_step)
-                        if step_offset:
-                            step += step_offset
-                        due = self._due(step)
-                if due is None:
-                    return self._apply(step)
-                return _gated(due, lambda: self._apply(step))
+            ready = completions(after)
+            if self.step_read_early:
+                step, due = self._then
+                update = self._gated_apply(step, due, ready)
+                with tf.control_dependencies(ready if join is None else completions(join)):
+                    return tf.group(update)
+            with tf.control_dependencies(ready):
+                with self._beside_step():
+                    step = read_fresh(self.global_step)
+                    if step_offset:
+                        step += step_offset
+                    due = self._due(step)
+                return self._gated_apply(step, due, ())
+
+    @property
+    def step_read_early(self):
+        """Whether the update takes the global step read before the training
+        step's writes (lazy rows: see `average_rows_lazily`), so that it need
+        not follow the op that increments it."""
+        return self._then is not None
+
+    def followed(self):
+        """The variables whose writes in a training step the update follows: the
+        averaged ones not averaged lazily (a lazy one's written rows are folded
+        before the writes), and the global step unless it was read early."""
+        dense = [v for i, v in enumerate(self.variables) if i not in self._lazy]
+        return dense if self.step_read_early else dense + [self.global_step]
+
+    def _gated_apply(self, step, due, ready):
+        if due is None:
+            return self._apply(step, ready)
+        return _gated(due, lambda: self._apply(step, ready))
+
+    def _follows(self, i, ready):
+        """What the update of the `i`-th average waits for besides the context it
+        is built in: `ready` (what the whole update follows; () where the
+        context waits for it) unless the step was read before the step's
+        writes (lazy rows); then the writes of its variable among the training
+        step's ops, if each is outside control flow (an op that waits for one
+        in a `tf.cond` branch not taken does not run), or else `ready`."""
+        if not self.step_read_early:
+            return ready
+        ops = sorted(writers([self.variables[i]], self._ran), key=lambda op: op.name)
+        if any(op._get_control_flow_context() is not None for op in ops):
+            return ready
+        return completions(ops)
 
     def _beside_step(self):
         """Ops built in this context run where the global step lives (its
@@ -127,6 +166,7 @@ class Averager(object):
                         self.options.name, names, reason)
         if not found:
             return
+        self._ran = ran
         with self._scope("rows"):
             self._rows = self._average_lazily([(self.variables[i], self.averages[i]) + found[i]
                                                for i in sorted(found)])
@@ -216,8 +256,9 @@ class Averager(object):
         runs alone."""
         return 1
 
-    def _apply(self, step):
-        """The op that updates every average after global step `step` (a tensor)."""
+    def _apply(self, step, ready):
+        """The op that updates every average after global step `step` (a tensor),
+        each average's update waiting for `_follows(i, ready)`."""
         raise NotImplementedError
 
     def initialize_from_weights(self):
@@ -276,7 +317,7 @@ class ExponentialMovingAverager(Averager):
     def __init__(self, options, graph=None):
         super(ExponentialMovingAverager, self).__init__(options, graph)
         self._decay = None  # (the step tensor, its decay) last built
-        self._increment = None  # the lazy clocks' increment, with lazy rows
+        self._log_decay = None  # with lazy rows, the step's `_rows.log_decay`
         self._debias = []
         if options.zero_debias:
             biased, local_step = DEBIAS_HELPERS
@@ -331,20 +372,20 @@ class ExponentialMovingAverager(Averager):
             decay = self.decay(step)
             if self._then[1] is not None:  # an update not due moves nothing
                 decay = tf.where_v2(self._then[1], decay, tf.ones_like(decay))
-            self._increment = _rows.clock_increment(decay)
-        return _rows.LazyRows(found, self._increment)
+            self._log_decay = _rows.log_decay(decay)
+        return _rows.LazyRows(found, self._log_decay)
 
-    def _apply(self, step):
+    def _apply(self, step, ready):
         with self._beside_step():
             decay = self.decay(step)
         # Only the decay goes to each device that holds averages (once: one
         # transfer serves every op there); what is computed from it is computed
         # there, once per device and dtype. Beside lazy rows the lazy clocks'
-        # increment goes instead, `-log(decay)` in float64: `1 - decay` from it
-        # rounds to stock's float32 `1 - decay`.
+        # `log(decay)` goes instead, in float64: `1 - decay` from it rounds to
+        # stock's float32 `1 - decay`.
         def one_minus(dtype):
-            if self._increment is not None:
-                return tf.cast(-tf.math.expm1(-self._increment), dtype)
+            if self._log_decay is not None:
+                return tf.cast(-tf.math.expm1(self._log_decay), dtype)
             return tf.cast(1.0 - decay, dtype)
 
         one_minus_by_place = {}
@@ -356,8 +397,9 @@ class ExponentialMovingAverager(Averager):
                 place = avg.device, avg.dtype.base_dtype
                 if place not in one_minus_by_place:
                     one_minus_by_place[place] = one_minus(place[1])
-                updates.append(self._apply_one(i, var, avg, decay,
-                                               one_minus_by_place[place]))
+                with tf.control_dependencies(self._follows(i, ready)):
+                    updates.append(self._apply_one(i, var, avg, decay,
+                                                   one_minus_by_place[place]))
         return tf.group(*updates)
 
     def _apply_one(self, i, var, avg, decay, one_minus):

@@ -145,10 +145,10 @@ class _Lazy(object):
             else:
                 self.old = gather(variable, self.rows)
 
-    def fold(self, increment):
+    def fold(self, log_decay):
         """The ops that bring the rows' averages up to date and then advance the
-        clock by `increment` (see `clock_increment`): (the row clocks' and
-        averages' writes, the clock's)."""
+        clock by `-log_decay` (see `log_decay`): (the row clocks' and averages'
+        writes, the clock's)."""
         with _beside(self.average):
             with tf.control_dependencies([self.old] + self._arrived):
                 average = gather(self.average, self.rows)
@@ -162,8 +162,8 @@ class _Lazy(object):
             with tf.control_dependencies([stamped]):
                 folded = tf.scatter_update(self.average, self.rows, plain)
             with tf.control_dependencies([now]):
-                advanced = tf.raw_ops.AssignAddVariableOp(resource=self.clock.handle,
-                                                          value=increment)
+                advanced = tf.raw_ops.AssignSubVariableOp(resource=self.clock.handle,
+                                                          value=log_decay)
         return [stamped, as_op(folded), advanced]
 
     def value(self):
@@ -255,30 +255,34 @@ def _flat(indices):
     return indices if indices.shape.ndims == 1 else tf.reshape(indices, [-1])
 
 
-def clock_increment(decay):
-    """What an update of decay `decay` advances the clocks by: `-log(decay)`
-    (float64; 0 for the decay 1 of an update that is not due)."""
-    return -tf.math.log(tf.maximum(tf.cast(decay, tf.float64), _LEAST_DECAY))
+def log_decay(decay):
+    """`log(decay)` in float64, what an update of decay `decay` moves the clocks
+    back by (they advance by `-log(decay)`; 0 for the decay 1 of an update that
+    is not due). One tensor goes to each device that holds averages, and every
+    op there reads it as it is: an op there that negated it (`-log(decay)`)
+    would have Grappler fold a negation of that into a read of the logarithm
+    itself, and send both."""
+    return tf.math.log(tf.maximum(tf.cast(decay, tf.float64), _LEAST_DECAY))
 
 
 class LazyRows(object):
     """The lazily averaged variables of one exponential moving average.
 
     Build it while the training step's writes are still unordered, with the
-    clock increment of the decay in effect after the step (see
-    `clock_increment`; 0 where, with `every_n_steps`, its update is not due)
-    read from the global step before them. Before the writes, each step folds
-    the rows it will write (see `_Lazy.fold`) and advances each clock by the
-    increment; nothing runs after the writes.
+    logarithm of the decay in effect after the step (see `log_decay`; 0 where,
+    with `every_n_steps`, its update is not due) read from the global step
+    before them. Before the writes, each step folds the rows it will write (see
+    `_Lazy.fold`) and advances each clock by `-log_decay`; nothing runs after
+    the writes.
     """
 
-    def __init__(self, found, increment):
-        """`found`: `[(variable, average, writes, indices)]`; `increment`: the
-        step's clock increment (float64 scalar), sent once to each device that
+    def __init__(self, found, log_decay):
+        """`found`: `[(variable, average, writes, indices)]`; `log_decay`: the
+        step's `log_decay` (float64 scalar), sent once to each device that
         holds averages."""
         self.lazy = [_Lazy(*args) for args in found]
         for lazy in self.lazy:
-            before = lazy.fold(increment)
+            before = lazy.fold(log_decay)
             for op in lazy.writes:
                 for wait in before:
                     op._add_control_input(wait)

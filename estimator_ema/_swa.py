@@ -45,7 +45,7 @@ class StochasticWeightAverager(Averager):
     def _due(self, step):
         return tf.logical_or(self.is_entry(step), tf.equal(read(self.count), 0))
 
-    def _apply(self, step):
+    def _apply(self, step, ready):
         entry = self.is_entry(step)
         entered = self.count.assign_add(tf.cast(entry, tf.int64), read_value=False)
         with tf.control_dependencies([entered]):
@@ -53,11 +53,12 @@ class StochasticWeightAverager(Averager):
         first = tf.less_equal(count, 1)
         count_by_dtype = {}
         updates = []
-        for var, avg in zip(self.variables, self.averages):
-            value = read(var)
+        for i, (var, avg) in enumerate(zip(self.variables, self.averages)):
             dtype = avg.dtype.base_dtype
             if dtype not in count_by_dtype:
                 count_by_dtype[dtype] = tf.cast(tf.maximum(count, 1), dtype)
+            with tf.control_dependencies(self._follows(i, ready)):
+                value = read(var)
             old = read(avg)
             mean = old + (value - old) / count_by_dtype[dtype]
             updates.append(tf.assign(avg, tf.where_v2(first, value, mean)))

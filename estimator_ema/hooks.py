@@ -107,7 +107,9 @@ class _AveragingHook(tf.train.SessionRunHook):
                 update = self._averager.update(after=list(train_op.control_inputs) + extra)
                 train_op._add_control_input(update)
                 return "woven", update, None
-        update = self._averager.update(after=[train_op] + extra)
+        # The run fetches the update beside the train op: it need not join it
+        # (on a parameter server, the increment of the step there).
+        update = self._averager.update(after=[train_op] + extra, join=extra)
         return "chained", self._with_step(update), None
 
     def _with_step(self, update):
@@ -167,7 +169,8 @@ class _AveragingHook(tf.train.SessionRunHook):
                 "are not the writes their lazy rows were built for (those the train op runs). "
                 "Pass lazy_rows=False." % (name, _names(lazy)))
         before = ancestors(update[0] if mode == "chained" else update)
-        missed = [op for op in writes if op not in before and op is not increment]
+        missed = [op for op in _graphs.writers(self._averager.followed(), ran)
+                  if op not in before and op is not increment]
         if missed:
             raise RuntimeError(
                 "%s: the training step runs %s, which write averaged variables or the global "

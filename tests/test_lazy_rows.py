@@ -48,7 +48,8 @@ def embedding_model_fn(features, labels, mode, params):
     (no lookup of the table's own rows), "ref" makes reference variables,
     "half" a float16 table; "step" the global step's increment (1);
     "update_op" adds a dense write of the table to UPDATE_OPS; "saver" puts a
-    Saver of its own in the Scaffold."""
+    Saver of its own in the Scaffold; "clip" clips the head after the step (the
+    global step's increment first)."""
     keras = params["optimizer"] == "keras"
     lookup = params.get("lookup")
     partitioner = (tf1.fixed_size_partitioner(params["parts"]) if params["parts"] else None)
@@ -77,6 +78,9 @@ def embedding_model_fn(features, labels, mode, params):
             train_op = tf1.assign_add(step, params.get("step", 1))
     else:
         train_op = optimizer.minimize(loss, step, var_list=variables)
+    if params.get("clip"):
+        with tf.control_dependencies([train_op]):
+            train_op = tf1.assign(head, tf.clip_by_value(head, -0.9, 0.9)).op
     scaffold = tf1.train.Scaffold(saver=tf1.train.Saver()) if params.get("saver") else None
     return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, scaffold=scaffold,
                                       predictions={"y": predictions})
@@ -168,6 +172,17 @@ def test_options_and_partitions(tmp_path, caplog, how, optimizer, parts, every_n
         ["embedding/table/part_%d" % i for i in range(parts)] or ["embedding/table"])
     # The partitioned table's average is saved whole, under the full name.
     assert tf.train.load_variable(str(tmp_path), "embedding/table/" + EMA).shape == (ROWS, DIM)
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_a_dense_weight_written_after_the_step_is_averaged_after_that_write(tmp_path, caplog,
+                                                                            how):
+    # With lazy rows the dense head's update follows the head's own writes,
+    # not the whole step: a clip after the global step's increment is one.
+    _, recorder, reader = train(tmp_path, how, "adagrad", params={"clip": True})
+    assert check(recorder, reader) == len(reader.saved)
+    assert lazy_tables(caplog, tmp_path) == ["embedding/table"]
+    assert np.abs(recorder.record[1][1]["head/w"]).max() == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize("how", ["hook", "decorator"])
