@@ -11,7 +11,8 @@ import weakref
 
 from estimator_ema import _rows
 from estimator_ema._compat import tf
-from estimator_ema._graphs import AVERAGING_SCOPES, adds_one, completions, saved_keys, writers
+from estimator_ema._graphs import (AVERAGING_SCOPES, adds_one, ancestors, completions, saved_keys,
+                                   writers)
 from estimator_ema._options import DEBIAS_HELPERS
 from estimator_ema._variables import create_shadow, read, read_fresh
 from estimator_ema.checkpoints import checkpoint_key
@@ -68,25 +69,30 @@ class Averager(object):
         The update belongs to the global step it reads plus `step_offset`: 1 when
         it runs before the op that increments the global step. With lazy rows
         the step and whether the update is due were read before the step's
-        writes (see `average_rows_lazily`), so the update of each average need
-        only follow the writes of its own variable (see `_follows`), on a
-        parameter server where they run; the op returned still follows `join`
-        (default `after`: a run that fetches it beside those ops need not).
+        writes (see `average_rows_lazily`), so each average's update need only
+        follow the writes of its own variable, on a parameter server where they
+        run (see `_Order`); the op returned still follows `join` (default
+        `after`: a run that fetches it beside those ops need not).
         """
         with self._scope("update"):
             ready = completions(after)
-            if self.step_read_early:
-                step, due = self._then
-                update = self._gated_apply(step, due, ready)
-                with tf.control_dependencies(ready if join is None else completions(join)):
-                    return tf.group(update)
-            with tf.control_dependencies(ready):
-                with self._beside_step():
-                    step = read_fresh(self.global_step)
-                    if step_offset:
-                        step += step_offset
-                    due = self._due(step)
-                return self._gated_apply(step, due, ())
+            if not self.step_read_early:
+                with tf.control_dependencies(ready):
+                    with self._beside_step():
+                        step = read_fresh(self.global_step)
+                        if step_offset:
+                            step += step_offset
+                        due = self._due(step)
+                    return self._gated_apply(step, due, _Order(self, ()))
+            step, due = self._then
+            joined = ready if join is None else completions(join)
+            # A periodic update's gate is one op: it is not woven.
+            order = _Order(self, ready, joined if due is None else ())
+            update = self._gated_apply(step, due, order)
+            if update is None:  # every average's update woven into the joined ops
+                return tf.group(*joined)
+            with tf.control_dependencies(joined):
+                return tf.group(update)
 
     @property
     def step_read_early(self):
@@ -102,24 +108,10 @@ class Averager(object):
         dense = [v for i, v in enumerate(self.variables) if i not in self._lazy]
         return dense if self.step_read_early else dense + [self.global_step]
 
-    def _gated_apply(self, step, due, ready):
+    def _gated_apply(self, step, due, order):
         if due is None:
-            return self._apply(step, ready)
-        return _gated(due, lambda: self._apply(step, ready))
-
-    def _follows(self, i, ready):
-        """What the update of the `i`-th average waits for besides the context it
-        is built in: `ready` (what the whole update follows; () where the
-        context waits for it) unless the step was read before the step's
-        writes (lazy rows); then the writes of its variable among the training
-        step's ops, if each is outside control flow (an op that waits for one
-        in a `tf.cond` branch not taken does not run), or else `ready`."""
-        if not self.step_read_early:
-            return ready
-        ops = sorted(writers([self.variables[i]], self._ran), key=lambda op: op.name)
-        if any(op._get_control_flow_context() is not None for op in ops):
-            return ready
-        return completions(ops)
+            return self._apply(step, order)
+        return _gated(due, lambda: self._apply(step, order) or tf.no_op())
 
     def _beside_step(self):
         """Ops built in this context run where the global step lives (its
@@ -256,9 +248,10 @@ class Averager(object):
         runs alone."""
         return 1
 
-    def _apply(self, step, ready):
+    def _apply(self, step, order):
         """The op that updates every average after global step `step` (a tensor),
-        each average's update waiting for `_follows(i, ready)`."""
+        each average's update placed by `order` (an `_Order`); None if every
+        one was woven into the step."""
         raise NotImplementedError
 
     def initialize_from_weights(self):
@@ -375,7 +368,7 @@ class ExponentialMovingAverager(Averager):
             self._log_decay = _rows.log_decay(decay)
         return _rows.LazyRows(found, self._log_decay)
 
-    def _apply(self, step, ready):
+    def _apply(self, step, order):
         with self._beside_step():
             decay = self.decay(step)
         # Only the decay goes to each device that holds averages (once: one
@@ -397,10 +390,11 @@ class ExponentialMovingAverager(Averager):
                 place = avg.device, avg.dtype.base_dtype
                 if place not in one_minus_by_place:
                     one_minus_by_place[place] = one_minus(place[1])
-                with tf.control_dependencies(self._follows(i, ready)):
-                    updates.append(self._apply_one(i, var, avg, decay,
-                                                   one_minus_by_place[place]))
-        return tf.group(*updates)
+                with tf.control_dependencies(order.follows(i)):
+                    update = self._apply_one(i, var, avg, decay, one_minus_by_place[place])
+                if not order.weave(i, update):
+                    updates.append(update)
+        return tf.group(*updates) if updates or not self._lazy else None
 
     def _apply_one(self, i, var, avg, decay, one_minus):
         """The update of the `i`-th average, `avg` of `var` (see `_apply`)."""
@@ -419,6 +413,70 @@ class ExponentialMovingAverager(Averager):
         """The decay in effect, then the averages' distance to the weights."""
         return ([("decay", self.decay(self.global_step))]
                 + super(ExponentialMovingAverager, self)._summaries())
+
+
+class _Order(object):
+    """Where each average's update goes in a training step: what it waits for,
+    and with lazy rows the group op it may be woven into.
+
+    Without lazy rows the update is built where it waits for the whole step
+    (`ready` is then ()). With lazy rows the step and its decay were read
+    before the step's writes, so the update of an average need only follow
+    the writes of its own variable, where `ready` runs every write of it that
+    the training step does (not so with `SyncReplicasOptimizer`, whose chief
+    applies in another run) and each is outside control flow (an op that waits
+    for one in a `tf.cond` branch not taken does not run); otherwise it follows
+    `ready`. And where an average lives on
+    another device than every one of the `joined` ops (which the op the update
+    returns waits for), its update is woven into a group op (`NoOp`) on its
+    device among those ops' ancestors that follows every write of its
+    variable (the optimizer's group of the applies on a parameter server): no
+    control edge then crosses to the joined ops' device for it.
+    """
+
+    def __init__(self, averager, ready, joined=()):
+        self._averager, self._ready = averager, ready
+        self._within = ancestors(ready) if averager.step_read_early else None
+        devices = {op.device for op in joined}
+        self._hosts = sorted((op for op in ancestors(joined) if op.type == "NoOp"
+                              and op._get_control_flow_context() is None
+                              and op.device not in devices), key=lambda op: op.name)
+        self._before = {}  # {host: its ancestors}
+
+    def _writes(self, i):
+        """The writes the `i`-th average's update follows, or None for `ready`."""
+        if self._within is None:
+            return None
+        ops = writers([self._averager.variables[i]], self._averager._ran)
+        if any(op not in self._within or op._get_control_flow_context() is not None
+               for op in ops):
+            return None
+        return ops
+
+    def follows(self, i):
+        """What the update of the `i`-th average waits for."""
+        writes = self._writes(i)
+        if writes is None:
+            return self._ready
+        return completions(sorted(writes, key=lambda op: op.name))
+
+    def weave(self, i, update):
+        """Whether `update`, of the `i`-th average, was woven into a host op (a
+        control input of it): the first by name on its device that follows
+        every write its update follows. (The update waits for nothing else
+        that a host could follow: the step and decay it takes were read before
+        the writes.)"""
+        writes = self._writes(i)
+        device = self._averager.averages[i].device
+        for host in self._hosts if writes is not None else ():
+            if host.device != device:
+                continue
+            if host not in self._before:
+                self._before[host] = ancestors(host)
+            if writes <= self._before[host]:
+                host._add_control_input(update)
+                return True
+        return False
 
 
 def _move_toward(avg, value, fraction):

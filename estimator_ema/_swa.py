@@ -45,7 +45,7 @@ class StochasticWeightAverager(Averager):
     def _due(self, step):
         return tf.logical_or(self.is_entry(step), tf.equal(read(self.count), 0))
 
-    def _apply(self, step, ready):
+    def _apply(self, step, order):
         entry = self.is_entry(step)
         entered = self.count.assign_add(tf.cast(entry, tf.int64), read_value=False)
         with tf.control_dependencies([entered]):
@@ -57,7 +57,7 @@ class StochasticWeightAverager(Averager):
             dtype = avg.dtype.base_dtype
             if dtype not in count_by_dtype:
                 count_by_dtype[dtype] = tf.cast(tf.maximum(count, 1), dtype)
-            with tf.control_dependencies(self._follows(i, ready)):
+            with tf.control_dependencies(order.follows(i)):
                 value = read(var)
             old = read(avg)
             mean = old + (value - old) / count_by_dtype[dtype]
