@@ -146,3 +146,15 @@ def test_a_baseline_copy_runs_its_own_modules(tmp_path):
                          timeout=300, stdout=subprocess.PIPE)
     files = out.stdout.decode().split()
     assert len(files) == 4 and all(f.startswith(str(baseline)) for f in files), files
+
+
+def test_cluster_in_process_times_each_variant_and_a_baseline_copy(tmp_path):
+    # Servers of one process; --baseline builds the hook and decorator variants
+    # a second time with the package of a checkout (here this one).
+    out = tmp_path / "in_process.json"
+    source = os.path.dirname(BENCHMARKS)
+    _run("cluster_in_process.py", tmp_path, "--quick", "--baseline", source, "--json", str(out))
+    variants = json.loads(out.read_text())["variants"]
+    assert set(variants) == {"none", "hook", "with_ema", "hook@baseline", "with_ema@baseline"}
+    for variant in variants.values():
+        assert variant["cpu_ms_per_step"] > 0 and variant["ratio"] > 0
