@@ -68,12 +68,13 @@ def session_config(threads):
                            intra_op_parallelism_threads=threads[1])
 
 
-def build(variant, rows, spec, worker, threads):
-    """(MonitoredTrainingSession, train op) of `variant`, in its own container."""
+def build(variant, container, rows, spec, worker, threads):
+    """(MonitoredTrainingSession, train op) of `variant`, its variables in
+    `container` (letters and digits: TF 1.15 refuses some other characters)."""
     name, at, copy = variant.partition("@")
     package = throughput.PACKAGES[at + copy]
     graph = tf.Graph()
-    with graph.as_default(), graph.container(variant.replace("@", "_")), tf1.device(
+    with graph.as_default(), graph.container(container), tf1.device(
             tf1.train.replica_device_setter(cluster=spec, worker_device="/job:worker/task:0")):
         ids = tf.random.uniform([BATCH, IDS], 0, rows, dtype=tf.int64)
         labels = tf.random.normal([BATCH, 1])
@@ -107,7 +108,8 @@ def cpu_ms_per_step(session, train_op, steps, settle):
 
 def measure(variants, args):
     spec, worker = start_servers(args.threads)
-    built = {v: build(v, args.rows, spec, worker, args.threads) for v in variants}
+    built = {v: build(v, "variant%d" % i, args.rows, spec, worker, args.threads)
+             for i, v in enumerate(variants)}
     costs = {v: [] for v in variants}
     for r in range(args.rounds):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
