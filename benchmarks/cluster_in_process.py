@@ -47,7 +47,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 import throughput  # noqa: E402
-from cluster_embedding import BATCH, DECAY, IDS, _free_ports, model_fn_for, quartiles  # noqa: E402
+from cluster_embedding import (BATCH, DECAY, IDS, _free_ports, _threads, model_fn_for,  # noqa: E402
+                               quartiles)
 
 tf1 = tf.compat.v1
 VARIANTS = ("none", "hook", "with_ema")
@@ -131,8 +132,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=1000, help="timed steps a turn")
     parser.add_argument("--settle", type=int, default=30, help="untimed steps before them")
-    parser.add_argument("--threads", default="2,1",
-                        type=lambda text: tuple(int(n) for n in text.split(",")),
+    parser.add_argument("--threads", default="2,1", type=_threads,
                         help="inter-op,intra-op threads of every server and session")
     parser.add_argument("--baseline", metavar="DIR",
                         help="a checkout whose package builds the <variant>@baseline variants")

@@ -426,25 +426,34 @@ class _Order(object):
     the training step does (not so with `SyncReplicasOptimizer`, whose chief
     applies in another run) and each is outside control flow (an op that waits
     for one in a `tf.cond` branch not taken does not run); otherwise it follows
-    `ready`. And where an average lives on
-    another device than every one of the `joined` ops (which the op the update
-    returns waits for), its update is woven into a group op (`NoOp`) on its
-    device among those ops' ancestors that follows every write of its
-    variable (the optimizer's group of the applies on a parameter server): no
-    control edge then crosses to the joined ops' device for it.
+    `ready`. And where an average lives on another device than every one of
+    the `joined` ops (which the op the update returns waits for), its update
+    is woven into a group op (`NoOp`) on its device among those ops' ancestors
+    that follows every write of its variable (the optimizer's group of the
+    applies on a parameter server): no control edge then crosses to the
+    joined ops' device for it.
     """
 
     def __init__(self, averager, ready, joined=()):
         self._averager, self._ready = averager, ready
         self._within = ancestors(ready) if averager.step_read_early else None
-        devices = {op.device for op in joined}
-        self._hosts = sorted((op for op in ancestors(joined) if op.type == "NoOp"
-                              and op._get_control_flow_context() is None
-                              and op.device not in devices), key=lambda op: op.name)
+        self._hosts = []
+        if self._within is not None and joined:
+            devices = {op.device for op in joined}
+            before_joined = self._within if joined is ready else ancestors(joined)
+            self._hosts = sorted((op for op in before_joined if op.type == "NoOp"
+                                  and op._get_control_flow_context() is None
+                                  and op.device not in devices), key=lambda op: op.name)
         self._before = {}  # {host: its ancestors}
+        self._written = {}  # {i: _writes(i)}
 
     def _writes(self, i):
         """The writes the `i`-th average's update follows, or None for `ready`."""
+        if i not in self._written:
+            self._written[i] = self._find_writes(i)
+        return self._written[i]
+
+    def _find_writes(self, i):
         if self._within is None:
             return None
         ops = writers([self._averager.variables[i]], self._averager._ran)
