@@ -111,7 +111,7 @@ class Averager(object):
     def _gated_apply(self, step, due, order):
         if due is None:
             return self._apply(step, order)
-        return _gated(due, lambda: self._apply(step, order) or tf.no_op())
+        return _gated(due, lambda: self._apply(step, order) or tf.no_op(), self._state())
 
     def _beside_step(self):
         """Ops built in this context run where the global step lives (its
@@ -503,7 +503,7 @@ def _move_toward(avg, value, fraction):
     return tf.raw_ops.ApplyGradientDescent(var=avg, alpha=fraction, delta=delta).op
 
 
-def _gated(due, build):
+def _gated(due, build, variables=()):
     """The op `build()` makes, run only where the bool scalar `due` is true,
     within an op that completes either way.
 
@@ -513,12 +513,44 @@ def _gated(due, build):
     with a dead input is skipped, in TF 1 and TF 2 graphs alike, reference
     variables' assignments included), and a `Merge` ends it live. (`tf.cond`
     would switch every tensor its branch reads from outside: an op per
-    weight and per average, run on every step.)
+    weight and per average, run on every step.) Those ops reach `variables`
+    (which nothing else in a training step reads: the averages) through
+    copies of their variable nodes built behind the gate, so that no node
+    per variable runs where `due` is false either.
     """
     skipped, taken = tf.raw_ops.Switch(data=due, pred=due)
     pivot = tf.identity(taken)
+    start = len(pivot.graph.get_operations())
     with tf.control_dependencies([pivot]):
         op = build()
+        _read_behind_the_gate(pivot.graph.get_operations()[start:], variables)
     with tf.control_dependencies([op]):
         done = tf.identity(pivot)
     return tf.raw_ops.Merge(inputs=[skipped, done])[0].op
+
+
+def _read_behind_the_gate(built, variables):
+    """Rewires the ops `built` to read each of `variables` through a copy of its
+    variable node (`VarHandleOp` or `VariableV2`: the same container, shared
+    name and device, so the same variable) made in the current control
+    context."""
+    nodes = {v.op for v in variables}
+    copies = {}
+    for op in built:
+        for index, tensor in enumerate(op.inputs):
+            node = tensor.op
+            if node not in nodes:
+                continue
+            if node not in copies:
+                copies[node] = _variable_node_copy(node)
+            op._update_input(index, copies[node])
+
+
+def _variable_node_copy(node):
+    """A new node of `node`'s variable, beside it."""
+    attrs = {name: node.get_attr(name) for name in ("dtype", "shape", "container")}
+    attrs["shared_name"] = node.get_attr("shared_name") or node.name
+    with node.graph.colocate_with(node):
+        if node.type == "VarHandleOp":
+            return tf.raw_ops.VarHandleOp(**attrs)
+        return tf.raw_ops.VariableV2(**attrs)
