@@ -72,7 +72,9 @@ class Averager(object):
         writes (see `average_rows_lazily`), so each average's update need only
         follow the writes of its own variable, on a parameter server where they
         run (see `_Order`); the op returned still follows `join` (default
-        `after`: a run that fetches it beside those ops need not).
+        `after`: a run that fetches it beside those ops need not). None if
+        `join` is empty and every average's update was woven into the step
+        (a run of `after` updates them all).
         """
         with self._scope("update"):
             ready = completions(after)
@@ -87,10 +89,10 @@ class Averager(object):
             step, due = self._then
             joined = ready if join is None else completions(join)
             # A periodic update's gate is one op: it is not woven.
-            order = _Order(self, ready, joined if due is None else ())
+            order = _Order(self, ready, joined, weaving=due is None)
             update = self._gated_apply(step, due, order)
-            if update is None:  # every average's update woven into the joined ops
-                return tf.group(*joined)
+            if update is None:  # every average's update woven into the step
+                return tf.group(*joined) if joined else None
             with tf.control_dependencies(joined):
                 return tf.group(update)
 
@@ -427,21 +429,21 @@ class _Order(object):
     applies in another run) and each is outside control flow (an op that waits
     for one in a `tf.cond` branch not taken does not run); otherwise it follows
     `ready`. And where an average lives on another device than every one of
-    the `joined` ops (which the op the update returns waits for), its update
-    is woven into a group op (`NoOp`) on its device among those ops' ancestors
-    that follows every write of its variable (the optimizer's group of the
-    applies on a parameter server): no control edge then crosses to the
-    joined ops' device for it.
+    the `joined` ops (which the op the update returns waits for; none where
+    the caller fetches nothing but `ready`), its update is woven into a group
+    op (`NoOp`) on its device among the step's ops that follows every write
+    of its variable (the optimizer's group of the applies on a parameter
+    server): no control edge then crosses to the joined ops' device for it,
+    and no fetch is needed for it. `weaving` False weaves nothing.
     """
 
-    def __init__(self, averager, ready, joined=()):
+    def __init__(self, averager, ready, joined=(), weaving=True):
         self._averager, self._ready = averager, ready
         self._within = ancestors(ready) if averager.step_read_early else None
         self._hosts = []
-        if self._within is not None and joined:
+        if self._within is not None and weaving:
             devices = {op.device for op in joined}
-            before_joined = self._within if joined is ready else ancestors(joined)
-            self._hosts = sorted((op for op in before_joined if op.type == "NoOp"
+            self._hosts = sorted((op for op in self._within if op.type == "NoOp"
                                   and op._get_control_flow_context() is None
                                   and op.device not in devices), key=lambda op: op.name)
         self._before = {}  # {host: its ancestors}

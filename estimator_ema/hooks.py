@@ -30,7 +30,10 @@ class _AveragingHook(tf.train.SessionRunHook):
       `every_n_steps=k`, behind the in-graph gate `with_ema` has), and the
       hook fetches nothing.
     - chained: any other op (one that writes a variable itself, say): the
-      hook fetches the update, ordered after that op.
+      hook fetches the update, ordered after that op; or, with lazy rows,
+      where each dense average's update can be woven into a group op that
+      follows its variable's writes (the optimizer's group of a parameter
+      server's applies, when the global step lives on another), nothing.
 
     `UPDATE_OPS` ops (batch-norm statistics) that the op does not run are run
     before the update. At the first run the hook checks the run's fetches:
@@ -108,8 +111,11 @@ class _AveragingHook(tf.train.SessionRunHook):
                 train_op._add_control_input(update)
                 return "woven", update, None
         # The run fetches the update beside the train op: it need not join it
-        # (on a parameter server, the increment of the step there).
+        # (on a parameter server, the increment of the step there). With lazy
+        # rows the updates may all be woven into the step: nothing to fetch.
         update = self._averager.update(after=[train_op] + extra, join=extra)
+        if update is None:
+            return "woven", train_op, None
         return "chained", self._with_step(update), None
 
     def _with_step(self, update):

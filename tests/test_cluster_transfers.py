@@ -36,9 +36,23 @@ def model_fn(features, labels, mode):
     return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
 
 
+class RecordingHook(estimator_ema.ExponentialMovingAverageHook):
+    """The hook, recording what each run asks to fetch (`fetched`)."""
+
+    def begin(self):
+        super(RecordingHook, self).begin()
+        self.fetched = []
+
+    def before_run(self, run_context):
+        args = super(RecordingHook, self).before_run(run_context)
+        self.fetched.append(args)
+        return args
+
+
 def received(servers, how, **options):
     """({ps device: Counter of what it receives from other tasks in a training
-    step, as (the sending op's name, dtype)}, the global step's device)."""
+    step, as (the sending op's name, dtype)}, the global step's device, what
+    the hook asked each run to fetch)."""
     spec, kept = servers
     graph = tf.Graph()
     with graph.as_default(), graph.container(how), tf1.device(
@@ -48,8 +62,9 @@ def received(servers, how, **options):
         decorated = estimator_ema.with_ema(model_fn, **options) if how == "decorator" else model_fn
         estimator_spec = decorated(ids, labels, tf.estimator.ModeKeys.TRAIN)
         hooks = list(estimator_spec.training_hooks)
+        recording = RecordingHook(**options)
         if how == "hook":
-            hooks.append(estimator_ema.ExponentialMovingAverageHook(**options))
+            hooks.append(recording)
         # As Estimator.train does, before the hooks begin.
         graph.add_to_collection(tf1.GraphKeys.SAVERS,
                                 tf1.train.Saver(sharded=True, defer_build=True))
@@ -68,7 +83,7 @@ def received(servers, how, **options):
                 sent = re.sub(r"^edge_\d+_", "", node.attr["tensor_name"].s.decode())
                 dtype = tf.as_dtype(node.attr["tensor_type"].type)
                 receipts[_task(node.device)][sent, dtype.name] += 1
-    return receipts, _task(step_device)
+    return receipts, _task(step_device), getattr(recording, "fetched", None)
 
 
 def _task(device):
@@ -82,11 +97,14 @@ def test_a_ps_receives_one_scalar_from_the_averaging_and_nothing_else(servers, h
     but not the global step receives the logarithm of the decay in effect,
     one float64 scalar (Grappler once split it in two: a negation and the
     logarithm itself); the global step's ps receives nothing more. With lazy
-    rows the dense head's update follows the head's own writes on its ps: the
-    hook fetches it beside the train op, and the decorator weaves it into the
-    optimizer's group of that ps's applies, so no join of the step crosses."""
-    stock, step_device = received(servers, "none")
-    averaged, _ = received(servers, how, decay=0.9)
+    rows the dense head's update follows the head's own writes on its ps:
+    the hook and the decorator weave it into the optimizer's group of that
+    ps's applies, so no join of the step crosses, and the hook fetches
+    nothing."""
+    stock, step_device, _ = received(servers, "none")
+    averaged, _, fetched = received(servers, how, decay=0.9)
+    if how == "hook":
+        assert fetched == [None]
     assert sorted(averaged) == sorted(stock)
     for device in stock:
         more = sorted((averaged[device] - stock[device]).elements())
