@@ -9,10 +9,12 @@ import contextlib
 import logging
 import weakref
 
+from tensorflow.core.framework import attr_value_pb2
+
 from estimator_ema import _rows
 from estimator_ema._compat import tf
-from estimator_ema._graphs import (AVERAGING_SCOPES, adds_one, ancestors, completions, saved_keys,
-                                   writers)
+from estimator_ema._graphs import (AVERAGING_SCOPES, adds_one, ancestors, completions,
+                                   is_averaging_op, saved_keys, writers)
 from estimator_ema._options import DEBIAS_HELPERS
 from estimator_ema._variables import create_shadow, read, read_fresh
 from estimator_ema.checkpoints import checkpoint_key
@@ -236,7 +238,8 @@ class Averager(object):
         raise NotImplementedError
 
     def _state(self):
-        """Every variable the update writes."""
+        """Every variable the update writes but the SWA count (which `_due` reads
+        before the gate)."""
         return list(self.averages)
 
     def _due(self, step):
@@ -445,6 +448,7 @@ class _Order(object):
             devices = {op.device for op in joined}
             self._hosts = sorted((op for op in self._within if op.type == "NoOp"
                                   and op._get_control_flow_context() is None
+                                  and not is_averaging_op(op)
                                   and op.device not in devices), key=lambda op: op.name)
         self._before = {}  # {host: its ancestors}
         self._written = {}  # {i: _writes(i)}
@@ -516,7 +520,7 @@ def _gated(due, build, variables=()):
     variables' assignments included), and a `Merge` ends it live. (`tf.cond`
     would switch every tensor its branch reads from outside: an op per
     weight and per average, run on every step.) Those ops reach `variables`
-    (which nothing else in a training step reads: the averages) through
+    (the averages, which nothing else a training step runs reads) through
     copies of their variable nodes built behind the gate, so that no node
     per variable runs where `due` is false either.
     """
@@ -535,8 +539,11 @@ def _read_behind_the_gate(built, variables):
     """Rewires the ops `built` to read each of `variables` through a copy of its
     variable node (`VarHandleOp` or `VariableV2`: the same container, shared
     name and device, so the same variable) made in the current control
-    context."""
-    nodes = {v.op for v in variables}
+    context. A variable whose node is neither, or a resource variable with no
+    shared name (its name at run time is the empty one), is read as it is."""
+    nodes = {v.op for v in variables if isinstance(v.op, tf.Operation)
+             and (v.op.type == "VariableV2"
+                  or (v.op.type == "VarHandleOp" and v.op.get_attr("shared_name")))}
     copies = {}
     for op in built:
         for index, tensor in enumerate(op.inputs):
@@ -549,10 +556,17 @@ def _read_behind_the_gate(built, variables):
 
 
 def _variable_node_copy(node):
-    """A new node of `node`'s variable, beside it."""
-    attrs = {name: node.get_attr(name) for name in ("dtype", "shape", "container")}
-    attrs["shared_name"] = node.get_attr("shared_name") or node.name
-    with node.graph.colocate_with(node):
+    """A new node of `node`'s variable, beside it. A reference variable with no
+    shared name (named at run time by its node) is given its node's name as
+    its shared name, so that the two stay one variable when the graph is
+    imported under a prefix."""
+    if not node.get_attr("shared_name"):
+        node._set_attr("shared_name", attr_value_pb2.AttrValue(s=node.name.encode()))
+    attrs = {name: node.get_attr(name) for name in ("dtype", "shape", "container",
+                                                     "shared_name")}
+    graph = node.graph
+    # Neither a container scope nor a colocation of the caller's may move it.
+    with graph.container(""), graph.colocate_with(node, ignore_existing=True):
         if node.type == "VarHandleOp":
             return tf.raw_ops.VarHandleOp(**attrs)
         return tf.raw_ops.VariableV2(**attrs)

@@ -28,12 +28,13 @@ class _AveragingHook(tf.train.SessionRunHook):
       every op the increment waits for; a `tf.group` (NoOp) gets it after
       everything it groups. The train op then runs the update (with
       `every_n_steps=k`, behind the in-graph gate `with_ema` has), and the
-      hook fetches nothing.
+      hook fetches nothing. With lazy rows, where the train op is neither
+      (the increment of a global step on a parameter server), each dense
+      average's update is woven into a group op among the train op's that
+      follows its variable's writes (the optimizer's group of that parameter
+      server's applies); if every one is, the hook fetches nothing either.
     - chained: any other op (one that writes a variable itself, say): the
-      hook fetches the update, ordered after that op; or, with lazy rows,
-      where each dense average's update can be woven into a group op that
-      follows its variable's writes (the optimizer's group of a parameter
-      server's applies, when the global step lives on another), nothing.
+      hook fetches the update, ordered after that op.
 
     `UPDATE_OPS` ops (batch-norm statistics) that the op does not run are run
     before the update. At the first run the hook checks the run's fetches:
@@ -94,7 +95,8 @@ class _AveragingHook(tf.train.SessionRunHook):
     def _plan(self, train_op, step_ops):
         """(mode, update, the increment the update runs before, or None) for steps
         that run `train_op`, given its `_training_step`; mode "refused" and the
-        ValueError when UPDATE_OPS cannot be ordered."""
+        ValueError when UPDATE_OPS cannot be ordered. Where the updates are
+        woven into ops the train op runs, "update" is the train op itself."""
         if isinstance(step_ops, ValueError):
             return "refused", step_ops, None
         extra, _ = step_ops

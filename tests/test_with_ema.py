@@ -468,6 +468,39 @@ def _nodes_run(model_fn, layers, steps):
     return runs
 
 
+def test_a_gated_update_runs_in_a_graph_imported_under_a_prefix():
+    # The gated update reads the averages through copies of their variable
+    # nodes made behind the gate; they stay the same variables in a graph
+    # imported under a prefix (TF 1.15's reference variables are named at run
+    # time by their node unless they have a shared name).
+    with tf.Graph().as_default():
+        tf1.train.get_or_create_global_step()
+        spec = estimator_ema.with_ema(layers_model_fn, decay=0.5, every_n_steps=2,
+                                      num_updates=False)(
+            tf.constant(DATA[0]), tf.constant(DATA[1]), tf.estimator.ModeKeys.TRAIN,
+            {"layers": 1})
+        meta, train_op = tf1.train.export_meta_graph(), spec.train_op.name
+    with tf.Graph().as_default() as graph:
+        tf1.train.import_meta_graph(meta, import_scope="copy")
+
+        def value(name):
+            node = graph.get_tensor_by_name("copy/dense_0/kernel%s:0" % name)
+            if node.dtype == tf.resource:
+                return tf.raw_ops.ReadVariableOp(resource=node, dtype=tf.float32)
+            return node
+
+        average, weight = value("/" + EMA), value("")
+        with tf1.Session() as session:
+            session.run(tf1.global_variables_initializer())
+            session.run(["copy/dense_0/%s/%s/Assign" % (v, EMA) for v in ("kernel", "bias")])
+            start = session.run(average)
+            for _ in range(2):  # global steps 1 and 2: one update, due after 2
+                session.run(graph.get_operation_by_name("copy/" + train_op))
+            # The decay of an update every 2 steps: 0.5 ** 2.
+            np.testing.assert_allclose(session.run(average),
+                                       0.25 * start + 0.75 * session.run(weight), rtol=1e-6)
+
+
 @pytest.mark.parametrize("decorate, not_due", [
     (lambda fn: estimator_ema.with_ema(fn, decay=0.9, every_n_steps=5), [1, 2, 3, 4, 6, 7, 8, 9]),
     # (Until its first entry, at step 5, SWA mirrors the weights every step.)
