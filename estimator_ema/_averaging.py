@@ -9,8 +9,6 @@ import contextlib
 import logging
 import weakref
 
-from tensorflow.core.framework import attr_value_pb2
-
 from estimator_ema import _rows
 from estimator_ema._compat import tf
 from estimator_ema._graphs import (AVERAGING_SCOPES, adds_one, ancestors, completions,
@@ -561,7 +559,7 @@ def _variable_node_copy(node):
     its shared name, so that the two stay one variable when the graph is
     imported under a prefix."""
     if not node.get_attr("shared_name"):
-        node._set_attr("shared_name", attr_value_pb2.AttrValue(s=node.name.encode()))
+        node._set_attr("shared_name", tf.AttrValue(s=node.name.encode()))
     attrs = {name: node.get_attr(name) for name in ("dtype", "shape", "container",
                                                      "shared_name")}
     graph = node.graph
