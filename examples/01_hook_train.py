@@ -4,6 +4,7 @@ the raw weights and the averages.
     python examples/01_hook_train.py
 """
 
+import random
 import tempfile
 
 import numpy as np
@@ -32,6 +33,7 @@ def model_fn(features, labels, mode):
 
 
 def main():
+    random.seed(0)  # TF 2's Keras layers seed their initializers from Python's random
     train, held_out = make_data(1000, 0), make_data(1000, 1)
     estimator = tf.estimator.Estimator(model_fn, tempfile.mkdtemp(),
                                        config=tf.estimator.RunConfig(tf_random_seed=0))

@@ -8,6 +8,7 @@ statistics, with the raw weights' metrics beside them (evaluate_with="both").
     python examples/02_decorate_model_fn_batch_norm.py
 """
 
+import random
 import tempfile
 
 import numpy as np
@@ -41,11 +42,12 @@ def model_fn(features, labels, mode, params):
 
 
 def main():
+    random.seed(0)  # TF 2's Keras layers seed their initializers from Python's random
     train, held_out = make_data(2000, 0), make_data(1000, 1)
     estimator = tf.estimator.Estimator(model_fn, tempfile.mkdtemp(), params={"hidden": 32},
                                        config=tf.estimator.RunConfig(tf_random_seed=0))
     estimator.train(
-        lambda: tf.data.Dataset.from_tensor_slices(train).shuffle(2000, seed=0).repeat().batch(4),
+        lambda: tf.data.Dataset.from_tensor_slices(train).shuffle(2000, seed=0).repeat().batch(8),
         steps=3000)
     metrics = estimator.evaluate(
         lambda: tf.data.Dataset.from_tensor_slices(held_out).batch(500))

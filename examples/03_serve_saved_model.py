@@ -7,6 +7,7 @@ the plain variable names, at the same size.
     python examples/03_serve_saved_model.py
 """
 
+import random
 import tempfile
 
 import numpy as np
@@ -50,6 +51,7 @@ def serve(export_dir, x):
 
 
 def main():
+    random.seed(0)  # TF 2's Keras layers seed their initializers from Python's random
     train, held_out = make_data(1000, 0), make_data(1000, 1)
     estimator = tf.estimator.Estimator(model_fn, tempfile.mkdtemp(),
                                        config=tf.estimator.RunConfig(tf_random_seed=0))

@@ -7,6 +7,7 @@ PREDICT mode uses the averages.
     python examples/04_averages_as_numpy.py
 """
 
+import random
 import tempfile
 
 import numpy as np
@@ -36,6 +37,7 @@ def model_fn(features, labels, mode):
 
 
 def main():
+    random.seed(0)  # TF 2's Keras layers seed their initializers from Python's random
     train, held_out = make_data(1000, 0), make_data(1000, 1)
     estimator = tf.estimator.Estimator(model_fn, tempfile.mkdtemp(),
                                        config=tf.estimator.RunConfig(tf_random_seed=0))

@@ -7,6 +7,7 @@ on with its own hook, whose averages start from those warm-started weights.
     python examples/05_transfer_warm_start.py
 """
 
+import random
 import tempfile
 
 import numpy as np
@@ -33,6 +34,7 @@ def model_fn(features, labels, mode):
 
 
 def main():
+    random.seed(0)  # TF 2's Keras layers seed their initializers from Python's random
     train, held_out = make_data(1000, 0), make_data(1000, 1)
 
     def train_input_fn():

@@ -18,6 +18,7 @@ the gap wider.
 
 import argparse
 import os
+import random
 import sys
 import tempfile
 
@@ -79,6 +80,7 @@ def input_fn(data, batch_size, train):
 
 
 def main(argv=None):
+    random.seed(0)  # TF 2's Keras layers seed their initializers from Python's random
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--swa-start", type=int, default=1000,

@@ -6,6 +6,7 @@ model_fn that model_to_estimator builds).
     python examples/07_slim_and_keras.py
 """
 
+import random
 import tempfile
 
 import numpy as np
@@ -85,6 +86,7 @@ def keras_example():
 
 
 def main():
+    random.seed(0)  # TF 2's Keras layers seed their initializers from Python's random
     return slim_example(), keras_example()
 
 

@@ -9,6 +9,7 @@ to the decay and distance scalars the averaging writes during training.
     tensorboard --logdir <the model_dir it prints>
 """
 
+import random
 import tempfile
 
 import numpy as np
@@ -47,6 +48,7 @@ class PrintEvaluation(tf.estimator.Exporter):
 
 
 def main():
+    random.seed(0)  # TF 2's Keras layers seed their initializers from Python's random
     train, held_out = make_data(2000, 0), make_data(1000, 1)
     model_dir = tempfile.mkdtemp()
     config = tf.estimator.RunConfig(tf_random_seed=0, save_checkpoints_steps=200,

@@ -9,6 +9,7 @@ model_dir is left alone), as PyTorch's `update_bn` does.
     python examples/10_swa_batch_norm.py
 """
 
+import random
 import tempfile
 
 import numpy as np
@@ -42,6 +43,7 @@ def model_fn(features, labels, mode):
 
 
 def main():
+    random.seed(0)  # TF 2's Keras layers seed their initializers from Python's random
     train, held_out = make_data(2000, 0), make_data(1000, 1)
 
     def train_input_fn():
