@@ -192,6 +192,24 @@ def trained_with_hook(model_dir, steps=10, **hook_kwargs):
     return est
 
 
+def recording_fetches(hook):
+    """`hook`, recording in `hook.fetched`, run by run since it last began,
+    whether it asked the run to fetch anything."""
+    begin, before_run = hook.begin, hook.before_run
+
+    def beginning():
+        begin()
+        hook.fetched = []
+
+    def recording(run_context):
+        args = before_run(run_context)
+        hook.fetched.append(args is not None)
+        return args
+
+    hook.begin, hook.before_run = beginning, recording
+    return hook
+
+
 @pytest.fixture
 def hook_trained(model_dir):
     return trained_with_hook(model_dir)

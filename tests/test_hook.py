@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 import estimator_ema
-from conftest import (ema_oracle, estimator, input_fn, linear_model_fn, load, sgd_weights,
-                      summary_tags, tf1)
+from conftest import (ema_oracle, estimator, input_fn, linear_model_fn, load, recording_fetches,
+                      sgd_weights, summary_tags, tf1)
 
 EMA = "ExponentialMovingAverage"
 
@@ -28,19 +28,6 @@ def test_matches_numpy_oracle(model_dir, optimizer, num_updates):
     assert_averages(model_dir, ema_oracle(trajectory, 0.8, num_updates=num_updates))
 
 
-class FetchRecordingHook(estimator_ema.ExponentialMovingAverageHook):
-    """Records, run by run, whether the hook asked the run for anything."""
-
-    def begin(self):
-        super(FetchRecordingHook, self).begin()
-        self.fetched = []
-
-    def before_run(self, run_context):
-        args = super(FetchRecordingHook, self).before_run(run_context)
-        self.fetched.append(args is not None)
-        return args
-
-
 @pytest.mark.parametrize("optimizer", ["v1", "keras"])
 @pytest.mark.parametrize("every_n_steps", [2, 5])
 def test_every_n_steps_uses_decay_to_the_k(model_dir, optimizer, every_n_steps):
@@ -50,7 +37,7 @@ def test_every_n_steps_uses_decay_to_the_k(model_dir, optimizer, every_n_steps):
 
 
 def test_update_is_woven_into_the_train_op_and_the_hook_fetches_nothing(model_dir):
-    hook = FetchRecordingHook(0.8)
+    hook = recording_fetches(estimator_ema.ExponentialMovingAverageHook(0.8))
     estimator(model_dir).train(input_fn, steps=6, hooks=[hook])
     assert hook.fetched == [False] * 6
     assert_averages(model_dir, ema_oracle(sgd_weights(6), 0.8))
@@ -73,7 +60,7 @@ def model_fn_with_update_op_after_the_train_op(features, labels, mode, params):
 def test_update_op_after_the_train_op(model_dir, group):
     # Grouped: the update is woven into the group, after both. Unwired: weaving
     # before the increment would make a cycle, so the hook fetches the update.
-    hook = FetchRecordingHook(0.8)
+    hook = recording_fetches(estimator_ema.ExponentialMovingAverageHook(0.8))
     est = tf.estimator.Estimator(model_fn_with_update_op_after_the_train_op, str(model_dir),
                                  params={"group": group})
     est.train(input_fn, steps=4, hooks=[hook])
@@ -84,7 +71,7 @@ def test_update_op_after_the_train_op(model_dir, group):
 
 def test_every_n_steps_woven_fetches_nothing(model_dir):
     # The gate is in the graph, as with_ema's: no run fetches anything.
-    hook = FetchRecordingHook(0.8, every_n_steps=5)
+    hook = recording_fetches(estimator_ema.ExponentialMovingAverageHook(0.8, every_n_steps=5))
     estimator(model_dir).train(input_fn, steps=12, hooks=[hook])
     assert hook.fetched == [False] * 12
     assert_averages(model_dir, ema_oracle(sgd_weights(12), 0.8, every_n_steps=5))
@@ -97,7 +84,7 @@ def unwired(model_dir):
 
 
 def test_every_n_steps_chained_leaves_runs_that_are_not_due_alone(tmp_path):
-    hook = FetchRecordingHook(0.8, every_n_steps=5)
+    hook = recording_fetches(estimator_ema.ExponentialMovingAverageHook(0.8, every_n_steps=5))
     est = unwired(tmp_path)
     est.train(input_fn, steps=12, hooks=[hook])
     # The first run reads the global step; then only steps 5 and 10 are due.
@@ -121,7 +108,7 @@ def test_counting_stops_with_a_warning_when_something_else_moves_the_step(
             if self._runs == 2:
                 run_context.session.run(self._move)
 
-    hook = FetchRecordingHook(0.8, every_n_steps=3)
+    hook = recording_fetches(estimator_ema.ExponentialMovingAverageHook(0.8, every_n_steps=3))
     unwired(model_dir).train(input_fn, steps=6, hooks=[hook, MoveStepAfterSecondRun()])
     # Run 1 reads step 1, run 2 (step 2) is skipped, the mover makes it 3, run 3
     # (counted as step 3, due) finds step 4: from then on every run fetches.
@@ -145,7 +132,7 @@ def test_update_is_woven_into_the_train_op_with_either_optimizer(model_dir, opti
         def before_run(self, run_context):
             runs.append(1)
 
-    hook = FetchRecordingHook(0.9)
+    hook = recording_fetches(estimator_ema.ExponentialMovingAverageHook(0.9))
     estimator(model_dir, optimizer).train(input_fn, steps=3, hooks=[hook, CountRuns()])
     assert hook.fetched == [False] * 3
     assert len(runs) == 3
