@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 import estimator_ema  # noqa: E402
-from estimator_ema import _averaging, _options  # noqa: E402
+from estimator_ema import _ema, _options  # noqa: E402
 
 tf1 = tf.compat.v1
 
@@ -53,7 +53,7 @@ def time_parts(n_variables):
         spec = model_fn(n_variables)(tf.ones([2, 4]), None, tf.estimator.ModeKeys.TRAIN)
         times["model"] = time.perf_counter() - start
         start = time.perf_counter()
-        averager = _averaging.ExponentialMovingAverager(_options.EmaOptions(0.999), graph)
+        averager = _ema.ExponentialMovingAverager(_options.EmaOptions(0.999), graph)
         times["averager"] = time.perf_counter() - start
         start = time.perf_counter()
         averager.update(after=[spec.train_op])

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-import estimator_ema._averaging  # noqa: F401 (attributes of the installed package)
+import estimator_ema._ema  # noqa: F401 (attributes of the installed package)
 import estimator_ema._options  # noqa: F401
 from throughput import BASELINE, PACKAGES, load_baseline, quartiles
 
@@ -51,7 +51,10 @@ def build(variant, layers, width, use_resource):
                 DECAY, num_updates=tf1.train.get_global_step()).apply(weights)
         else:
             package = PACKAGES["@" + suffix if suffix else ""]
-            averager = package._averaging.ExponentialMovingAverager(
+            # A checkout from before the averagers had modules of their own
+            # has it in _averaging.
+            module = getattr(package, "_ema", None) or package._averaging
+            averager = module.ExponentialMovingAverager(
                 package._options.EmaOptions(DECAY), graph)
             update = averager.update()
         session = tf1.Session(graph=graph)

@@ -2,7 +2,7 @@
 
 import logging
 
-from estimator_ema import _averaging, _graphs, _options, _savers, _swa, _variables
+from estimator_ema import _ema, _graphs, _options, _savers, _swa, _variables
 from estimator_ema._compat import tf
 from estimator_ema._distribution import check_hook_strategy
 from estimator_ema._graphs import adds_one, adds_one_to, ancestors
@@ -321,7 +321,7 @@ class ExponentialMovingAverageHook(_AveragingHook):
         branch that the train op does not run.
     """
 
-    _make_averager = _averaging.ExponentialMovingAverager
+    _make_averager = _ema.ExponentialMovingAverager
 
     def __init__(self, decay=0.999, *, num_updates=True, zero_debias=False, variables=None,
                  include=None, exclude=None, every_n_steps=1,

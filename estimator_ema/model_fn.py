@@ -5,7 +5,7 @@ import functools
 import inspect
 import sys
 
-from estimator_ema import _averaging, _options, _swa
+from estimator_ema import _ema, _options, _swa
 from estimator_ema._compat import ESTIMATOR_CLASSES, tf, tf_estimator
 from estimator_ema._distribution import check_decorator_strategy
 from estimator_ema._graphs import ancestors, training_ops, training_step
@@ -113,7 +113,7 @@ def with_ema(model_fn=None, *, decay=0.999, num_updates=True, zero_debias=False,
         decay=decay, num_updates=num_updates, zero_debias=zero_debias, variables=variables,
         include=include, exclude=exclude, every_n_steps=every_n_steps, name=name,
         skip_nonfinite=skip_nonfinite, lazy_rows=lazy_rows)
-    return _decorator(model_fn, options, _averaging.ExponentialMovingAverager,
+    return _decorator(model_fn, options, _ema.ExponentialMovingAverager,
                       _check_evaluate_with(evaluate_with), "with_ema(decay=0.99)")
 
 

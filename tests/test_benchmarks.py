@@ -14,7 +14,7 @@ import time
 import tensorflow as tf
 
 from conftest import tf1
-from estimator_ema import _averaging, _options
+from estimator_ema import _ema, _options
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks")
 VARIANTS = {"none", "stock", "qa_hook", "hook", "hook_every10", "with_ema", "with_ema_every10",
@@ -65,7 +65,7 @@ def _build_seconds(variables):
         step = tf1.train.get_or_create_global_step()
         train_op = tf1.train.GradientDescentOptimizer(0.1).minimize(loss, global_step=step)
         start = time.perf_counter()
-        averager = _averaging.ExponentialMovingAverager(_options.EmaOptions(0.999), graph)
+        averager = _ema.ExponentialMovingAverager(_options.EmaOptions(0.999), graph)
         averager.update(after=[train_op])
         seconds = time.perf_counter() - start
         count = len(tf1.global_variables())
@@ -135,12 +135,12 @@ def test_a_baseline_copy_runs_its_own_modules(tmp_path):
     # The package imports its public names' modules on first use: they, and the
     # private modules dense_update.py builds from, must come from the baseline.
     baseline = tmp_path / "baseline"
-    shutil.copytree(os.path.dirname(_averaging.__file__), str(baseline / "estimator_ema"))
+    shutil.copytree(os.path.dirname(_ema.__file__), str(baseline / "estimator_ema"))
     script = ("import sys; sys.path.insert(0, %r); import throughput; "
               "throughput.load_baseline(%r); copy = throughput.PACKAGES['@baseline']; "
               "print(copy.hooks.__file__); "
               "print(copy.ExponentialMovingAverageHook.__init__.__code__.co_filename); "
-              "print(copy._averaging.__file__); print(copy._options.__file__)"
+              "print(copy._ema.__file__); print(copy._options.__file__)"
               % (BENCHMARKS, str(baseline)))
     out = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), check=True,
                          timeout=300, stdout=subprocess.PIPE)

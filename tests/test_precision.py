@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import IS_TF1, tf, tf1
-from estimator_ema import _averaging, _options
+from estimator_ema import _ema, _options
 
 ROWS, COLUMNS = 1000, 4
 DECAY = 0.999
@@ -36,7 +36,7 @@ def _train(weights, steps, use_resource):
         index = tf1.placeholder(tf.int32, [])
         var = tf1.get_variable("w", initializer=weights[0], use_resource=use_resource)
         assign = tf1.assign(var, tf.gather(tf.constant(weights), index))
-        averager = _averaging.ExponentialMovingAverager(
+        averager = _ema.ExponentialMovingAverager(
             _options.EmaOptions(DECAY, num_updates=False, name="Ours"), graph)
         ours = averager.update(after=[assign])
         stock = tf1.train.ExponentialMovingAverage(DECAY)
