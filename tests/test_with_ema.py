@@ -447,17 +447,15 @@ def layers_model_fn(features, labels, mode, params):
     return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
 
 
-def _nodes_run(model_fn, layers, steps):
+def _nodes_run(model_fn, layers, steps, hooks=()):
     """The names of the nodes each of `steps` runs of `model_fn`'s train op runs
-    (a global step 1, 2, ...), from a full trace."""
+    (a global step 1, 2, ...) in a session with `hooks`, from a full trace."""
     with tf.Graph().as_default():
         tf1.train.get_or_create_global_step()
         spec = model_fn(tf.constant(DATA[0]), tf.constant(DATA[1]),
                         tf.estimator.ModeKeys.TRAIN, {"layers": layers})
-        with tf1.Session() as session:
-            session.run(tf1.global_variables_initializer())
-            if spec.scaffold.init_fn:
-                spec.scaffold.init_fn(session)
+        creator = tf1.train.ChiefSessionCreator(scaffold=spec.scaffold)
+        with tf1.train.MonitoredSession(creator, hooks=list(hooks)) as session:
             runs = []
             for _ in range(steps):
                 metadata = tf1.RunMetadata()
@@ -466,6 +464,39 @@ def _nodes_run(model_fn, layers, steps):
                 runs.append({n.node_name.partition(":")[0] for d in metadata.step_stats.dev_stats
                              for n in d.node_stats})
     return runs
+
+
+def stock_ema_model_fn(features, labels, mode, params):
+    """`layers_model_fn` averaged as users do with stock EMA (as EfficientNet
+    does): `ema.apply` of the trainable variables after the train op."""
+    spec = layers_model_fn(features, labels, mode, params)
+    ema = tf1.train.ExponentialMovingAverage(0.999, num_updates=tf1.train.get_global_step())
+    with tf.control_dependencies([spec.train_op]):
+        train_op = ema.apply(tf1.trainable_variables())
+    return spec._replace(train_op=train_op)
+
+
+def test_a_step_of_the_hook_or_the_decorator_runs_no_more_nodes_per_variable_than_stock():
+    # What a training step runs beyond the model's own, per variable: the
+    # package's update 5 nodes (the average's variable node, reads of the
+    # average and the weight, a subtraction, one in-place apply that scales
+    # and subtracts), whether the hook weaves it or the decorator builds it;
+    # stock EMA on TF 2 6 (a multiplication and an in-place subtraction for
+    # the apply), on TF 1.15 5 too (it reads the weight through the model's
+    # own snapshot, which a write in place may or may not have changed). And
+    # about a dozen scalar nodes each.
+    plain = _nodes_run(layers_model_fn, 12, 3)[-1]
+    extra = {
+        "stock": _nodes_run(stock_ema_model_fn, 12, 3)[-1] - plain,
+        "hook": _nodes_run(layers_model_fn, 12, 3,
+                           [estimator_ema.ExponentialMovingAverageHook(0.999)])[-1] - plain,
+        "with_ema": _nodes_run(estimator_ema.with_ema(layers_model_fn, decay=0.999), 12,
+                               3)[-1] - plain,
+    }
+    counts = {name: len(nodes) for name, nodes in extra.items()}
+    stock = (5 if IS_TF1 else 6) * 24
+    assert max(counts["hook"], counts["with_ema"]) <= 5 * 24 + 16, counts
+    assert stock <= counts["stock"] <= stock + 16, counts
 
 
 def test_a_gated_update_runs_in_a_graph_imported_under_a_prefix():
