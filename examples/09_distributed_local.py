@@ -11,6 +11,7 @@ parameter server; both workers' steps update them.
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ def run_task(model_dir):
     import tensorflow as tf
     import estimator_ema
 
+    random.seed(0)  # TF 2's Keras layers seed their initializers from Python's random
     tf1 = tf.compat.v1
     train, held_out = make_data(2000, 0), make_data(1000, 1)
 
