@@ -485,9 +485,10 @@ def test_a_step_of_the_hook_or_the_decorator_runs_no_more_nodes_per_variable_tha
     # multiplication and an in-place subtraction for the apply), on TF 1.15 5
     # too (it reads the weight through the model's own snapshot, which a
     # write in place may or may not have changed).
-    def extra(model_fn, layers, hooks=()):
-        plain = _nodes_run(layers_model_fn, layers, 3)[-1]
-        return len(_nodes_run(model_fn, layers, 3, hooks)[-1] - plain)
+    plain = {layers: _nodes_run(layers_model_fn, layers, 3)[-1] for layers in (2, 12)}
+
+    def extra(model_fn, layers, hooks):
+        return len(_nodes_run(model_fn, layers, 3, hooks)[-1] - plain[layers])
 
     def per_variable(model_fn, hooks=lambda: ()):
         return (extra(model_fn, 12, hooks()) - extra(model_fn, 2, hooks())) / 20.0
