@@ -50,8 +50,7 @@ class Averager(object):
                 "%s need a global step; create one with "
                 "tf.compat.v1.train.get_or_create_global_step() in the model_fn." % self.KIND)
         self.variables = options.selection.select(graph)
-        self.averages = [create_shadow(v, options.name, v.initial_value)
-                         for v in self.variables]
+        self._averages = None  # made on first use, see `averages`
         self._rows = None  # _rows.LazyRows, if some variable is averaged lazily
         self._lazy = {}  # {index of a variable: its _rows._Lazy}
         # With lazy rows: (the global step after a training step, read before
@@ -62,6 +61,18 @@ class Averager(object):
             if id(var) not in listed:
                 graph.add_to_collection(tf.GraphKeys.MOVING_AVERAGE_VARIABLES, var)
         _AVERAGERS.setdefault(graph, []).append(weakref.ref(self))
+
+    @property
+    def averages(self):
+        """The average variable of each variable, `<variable>/<name>`: a lazily
+        averaged one's holds its rows' state (see `_rows._Lazy`). Made on first
+        use, which is after `average_rows_lazily` if it is called."""
+        if self._averages is None:
+            self._averages = [
+                self._lazy[i].average if i in self._lazy
+                else create_shadow(v, self.options.name, v.initial_value)
+                for i, v in enumerate(self.variables)]
+        return self._averages
 
     def update(self, after=(), step_offset=0, join=None):
         """One op that updates every average, after the ops in `after`.
@@ -136,7 +147,8 @@ class Averager(object):
         that writes the variable is a sparse row write that the global-step
         increment waits for, and orders what lazy rows need before those
         writes; with a `refusal` (a reason), or one of `_lazy_refusal`, none is.
-        Logs the choice once. Call it before `update`."""
+        Logs the choice once. Call it before `update`, and before anything uses
+        `averages`."""
         before_step = _rows.before_the_step(self.global_step, ran)
         found = {}
         for i, var in enumerate(self.variables):
@@ -151,7 +163,7 @@ class Averager(object):
             refusal = "the training step does not add exactly one to the global step"
         dense = {}
         for i in sorted(found):
-            reason = refusal or _rows.unsupported(self.variables[i], self.averages[i])
+            reason = refusal or _rows.unsupported(self.variables[i])
             if reason:
                 dense.setdefault(reason, []).append(self.variables[i].op.name)
                 del found[i]
@@ -160,9 +172,10 @@ class Averager(object):
                         self.options.name, names, reason)
         if not found:
             return
+        assert self._averages is None, "lazy rows are chosen before the averages are made"
         self._ran = ran
         with self._scope("rows"):
-            self._rows = self._average_lazily([(self.variables[i], self.averages[i]) + found[i]
+            self._rows = self._average_lazily([(self.variables[i],) + found[i]
                                                for i in sorted(found)])
         self._lazy = {i: lazy for i, lazy in zip(sorted(found), self._rows.lazy)}
         logger.info("%s: %s written only in rows, averaged lazily: each step updates the "
@@ -232,7 +245,7 @@ class Averager(object):
                 "lazy_rows=False." % (self.options.name, ", ".join(saves)))
 
     def _average_lazily(self, found):
-        """The `_rows.LazyRows` of `found`, `[(variable, average, writes, indices)]`."""
+        """The `_rows.LazyRows` of `found`, `[(variable, writes, indices)]`."""
         raise NotImplementedError
 
     def _state(self):
@@ -263,11 +276,8 @@ class Averager(object):
         The decorator runs it when a session starts from scratch, after any
         warm start has loaded the weights.
         """
-        assigned = [tf.assign(a, read(v)) for v, a in zip(self.variables, self.averages)]
-        if self._rows is not None:
-            with tf.control_dependencies(assigned):
-                assigned.append(self._rows.start())
-        return tf.group(*assigned)
+        return tf.group(*[self._lazy[i].start() if i in self._lazy else tf.assign(a, read(v))
+                          for i, (v, a) in enumerate(zip(self.variables, self.averages))])
 
     def distance(self):
         """Global L2 distance between the averages and the weights, and its ratio

@@ -80,7 +80,7 @@ class ExponentialMovingAverager(Averager):
             if self._then[1] is not None:  # an update not due moves nothing
                 decay = tf.where_v2(self._then[1], decay, tf.ones_like(decay))
             self._log_decay = _rows.log_decay(decay)
-        return _rows.LazyRows(found, self._log_decay)
+        return _rows.LazyRows(found, self._log_decay, self.options.name)
 
     def _apply(self, step, order):
         with self._beside_step():

@@ -16,13 +16,12 @@ DEBIAS_HELPERS = ("biased", "local_step")
 """The zero-debias helpers of an average: `<average>/biased`, `<average>/local_step`."""
 
 LAZY_CLOCK = "lazy_clock"
-LAZY_ROW_CLOCK = "lazy_row_clock"
-"""A lazy average's clock and row clock (see `_rows`): `<average>/lazy_clock`,
-`<average>/lazy_row_clock`. Checkpoints hold neither."""
+"""A lazy average's clock (see `_rows`): `<average>/lazy_clock`. Checkpoints do
+not hold it."""
 
-HELPERS = DEBIAS_HELPERS + (LAZY_CLOCK, LAZY_ROW_CLOCK, "lazy_scale")
+HELPERS = DEBIAS_HELPERS + (LAZY_CLOCK, "lazy_scale")
 """Every helper variable an average may have, `<average>/<helper>`: the zero-debias
-helpers, a lazy average's clocks, and the scale that checkpoints of development
+helpers, a lazy average's clock, and the scale that checkpoints of development
 versions before 0.1.0 hold for a lazy average (always 0 there: plain averages)."""
 
 

@@ -13,9 +13,10 @@ update is not due). So with a clock `L` that every update advances by
 
 where `a_r` is its average at clock `t_r`, the last time it was brought up to
 date, as long as `w` has not changed since. Each lazily averaged variable (or
-part of a partitioned one) keeps, beside it on its parameter server, `a_r` in
-the average variable, `t_r` in a float64 row clock `<average>/lazy_row_clock`
-and `L` in a float64 scalar `<average>/lazy_clock`. Before a step writes rows
+part of a partitioned one) keeps, beside it on its parameter server, each
+row's `(a_r, t_r)` in one row of the average variable (`a_r` flattened, then
+the float64 `t_r`: see `_Lazy`) and `L` in a float64 scalar
+`<average>/lazy_clock`. Before a step writes rows
 it brings their averages up to date (`a_r <- a(L)`, `t_r <- L`: "folds" them)
 and advances `L`; nothing runs after the writes, nothing touches an unwritten
 row, and nothing ever needs rescaling (`L` grows by `-log(d)` a step).
@@ -25,10 +26,12 @@ The state belongs to the rows, not to a task: a fold sets each row's
 weights, so when several tasks train at once (asynchronous workers) a write
 by another task between this task's embedding lookup and its own write is
 counted once. Its weight is read before its state (a write that the read
-sees was folded before it), the state is written row clock first and read
-average first, so an interleaving can only pair a row's average with a row
-clock a few steps newer: a deviation of the kind stock averaging's own races
-make, which decays with the average.
+sees was folded before it), and its state is read by one gather and written
+by one scatter, each under the average variable's lock, so a row's average
+is never paired with another fold's row clock. An interleaving can only
+fold a row from a weight that another task's write has already replaced
+(the time since that write counted at the old weight): a deviation of the
+kind stock averaging's own races make, which decays with the average.
 
 Checkpoints hold plain averages under the stock names, computed when the
 Saver saves (`saveables`) without writing any variable: a chief saving while
@@ -36,9 +39,11 @@ workers train races nothing into the state. Restoring sets `a_r` to the
 checkpoint's average and `t_r` to the current clock.
 """
 
+import numpy as np
+
 from estimator_ema._compat import IS_TF1, tf
-from estimator_ema._graphs import SAVES, ancestors, as_op, writers
-from estimator_ema._options import LAZY_CLOCK, LAZY_ROW_CLOCK
+from estimator_ema._graphs import SAVES, ancestors, writers
+from estimator_ema._options import LAZY_CLOCK
 from estimator_ema._variables import create_shadow, gather, read
 from estimator_ema.checkpoints import checkpoint_key
 
@@ -96,18 +101,28 @@ def before_the_step(global_step, ran):
     return set.intersection(*waits) if waits else None
 
 
-def unsupported(variable, average):
+def unsupported(variable):
     """Why `variable` cannot be averaged lazily whatever its writes, or None."""
     if variable.dtype.base_dtype not in LAZY_DTYPES:
         return "lazy rows need float32 or float64"
-    if not IS_TF1 and not hasattr(average, "handle"):
+    if not IS_TF1 and not hasattr(variable, "handle"):
         return "reference variables on TF 2 (its tf.cond cannot assign them)"
+    info = variable._get_save_slice_info()
+    if info is not None and (any(info.var_offset[1:])
+                             or info.var_shape[1:] != info.full_shape[1:]):
+        return "partitioned along an axis other than the first"
     return None
 
 
 class _Lazy(object):
-    """One lazily averaged variable (or part): its average, row clock and clock,
-    and the rows the step writes with their weights before the writes.
+    """One lazily averaged variable (or part): its row state and clock, and the
+    rows the step writes with their weights before the writes.
+
+    The row state is one variable, the average's (`<variable>/<name>`): each
+    row holds the row's average `a_r` flattened, then its float64 row clock
+    `t_r` (in two float32 columns of a float32 table, bit for bit), so one
+    gather reads a row's state and one scatter writes it, under the
+    variable's lock.
 
     The rows are the writes' indices, traced back through `Unique`, `Reshape`
     and `Identity` to a tensor the step computes early (a sparse gradient's
@@ -116,17 +131,21 @@ class _Lazy(object):
     those tensors before the writes (an embedding lookup), its rows are the
     weights; elsewhere they are gathered."""
 
-    def __init__(self, variable, average, writes, indices):
-        self.variable, self.average, self.writes = variable, average, writes
-        self.clock = create_shadow(average, LAZY_CLOCK, tf.constant(0.0, tf.float64),
+    def __init__(self, variable, name, writes, indices):
+        self.variable, self.writes = variable, writes
+        self._row_shape = variable.shape[1:].as_list()
+        self._width = int(np.prod(self._row_shape, dtype=np.int64))
+        dtype = variable.dtype.base_dtype
+        # Columns of the row clock: a float64 is two float32s.
+        self._clock_width = 2 if dtype == tf.float32 else 1
+        self.average = create_shadow(
+            variable, name, lambda: self._dated(variable.initial_value, tf.zeros([], tf.float64)),
+            use_resource=True, columns=self._width + self._clock_width)
+        self.clock = create_shadow(self.average, LAZY_CLOCK, tf.constant(0.0, tf.float64),
                                    use_resource=True)
-        # One clock per row, shaped to broadcast against the rows' values.
-        shape = variable.shape[:1].concatenate([1] * (variable.shape.ndims - 1))
-        self.row_clock = create_shadow(average, LAZY_ROW_CLOCK,
-                                       lambda: tf.zeros(shape, tf.float64), use_resource=True)
         before = set.intersection(*[ancestors(op) for op in writes])
         traced = [_trace(i, variable, before) for i in indices]
-        with _beside(average):
+        with _beside(self.average):
             # The fold waits for the values the writes will write (a gradient):
             # it never delays the looked-up rows on their way to the forward
             # pass, and on a cluster it waits for nothing the writes do not
@@ -138,46 +157,68 @@ class _Lazy(object):
                 flat = [tf.cast(i, tf.int64) for i in flat]
             self.rows = flat[0] if len(flat) == 1 else tf.concat(flat, 0)
             if all(looked_up is not None for _, looked_up in traced):
-                width = [-1] + variable.shape.as_list()[1:]
+                width = [-1] + self._row_shape
                 old = [rows if rows.shape.ndims == len(width) else tf.reshape(rows, width)
                        for _, rows in traced]
                 self.old = old[0] if len(old) == 1 else tf.concat(old, 0)
             else:
                 self.old = gather(variable, self.rows)
 
+    def _join(self, averages, then):
+        """The row state of rows whose averages are `averages` (shaped as the
+        variable's rows) as of the row clocks `then` (float64, one per row)."""
+        if len(self._row_shape) != 1:
+            averages = tf.reshape(averages, [-1, self._width])
+        if self._clock_width == 2:
+            then = tf.bitcast(then, tf.float32)
+        else:
+            then = tf.expand_dims(then, 1)
+        return tf.concat([averages, then], 1)
+
+    def _at(self, weights, state, now):
+        """(the averages of the rows of state `state`, whose weights are `weights`,
+        at clock `now`; their row clocks then): each row's average at `now`,
+        `weights + (average - weights) * exp(then - now)`, dated `now`, or dated
+        `then` if its row clock is newer than `now` (a task that read the clock
+        before another stamped the row), never extrapolated past `then`."""
+        average, then = tf.split(state, [self._width, self._clock_width], 1)
+        if len(self._row_shape) != 1:
+            average = tf.reshape(average, [-1] + self._row_shape)
+        # A row's clock as one float64 (shape [rows]).
+        then = (tf.bitcast(then, tf.float64) if self._clock_width == 2
+                else tf.squeeze(then, 1))
+        later = tf.maximum(then, now)
+        factor = tf.cast(tf.exp(then - later), average.dtype.base_dtype)
+        factor = tf.reshape(factor, [-1] + [1] * len(self._row_shape))
+        return weights + (average - weights) * factor, later
+
     def fold(self, log_decay):
         """The ops that bring the rows' averages up to date and then advance the
-        clock by `-log_decay` (see `log_decay`): (the row clocks' and averages'
-        writes, the clock's)."""
+        clock by `-log_decay` (see `log_decay`): (the row state's write, the
+        clock's)."""
         with _beside(self.average):
             with tf.control_dependencies([self.old] + self._arrived):
-                average = gather(self.average, self.rows)
-            with tf.control_dependencies([average]):
-                then = gather(self.row_clock, self.rows)
-            with tf.control_dependencies([then]):
+                state = gather(self.average, self.rows)
+            with tf.control_dependencies([state]):
                 now = read(self.clock)
-            plain = _at(self.old, average, then, now)
-            stamped = tf.raw_ops.ResourceScatterUpdate(
-                resource=self.row_clock.handle, indices=self.rows, updates=now)
-            with tf.control_dependencies([stamped]):
-                folded = tf.scatter_update(self.average, self.rows, plain)
+            folded = tf.raw_ops.ResourceScatterUpdate(
+                resource=self.average.handle, indices=self.rows,
+                updates=self._join(*self._at(self.old, state, now)))
             with tf.control_dependencies([now]):
                 advanced = tf.raw_ops.AssignSubVariableOp(resource=self.clock.handle,
                                                           value=log_decay)
-        return [stamped, as_op(folded), advanced]
+        return [folded, advanced]
 
     def value(self):
         """The average as a tensor, every row brought up to date: the weights
-        read first (a copy), then the averages, the row clocks and the clock."""
+        read first (a copy), then the row state and the clock."""
         with _beside(self.average):
             weights = _copy(self.variable)
             with tf.control_dependencies([weights]):
-                average = read(self.average)
-            with tf.control_dependencies([average]):
-                then = read(self.row_clock)
-            with tf.control_dependencies([then]):
+                state = read(self.average)
+            with tf.control_dependencies([state]):
                 now = read(self.clock)
-            return _at(weights, average, then, now)
+            return self._at(weights, state, now)[0]
 
     def restore(self, value):
         """An op that sets the average to `value` (plain) as of the clock now
@@ -185,27 +226,21 @@ class _Lazy(object):
         with _beside(self.average):
             now = tf.cond(tf.raw_ops.VarIsInitializedOp(resource=self.clock.handle),
                           lambda: read(self.clock), lambda: tf.constant(0.0, tf.float64))
-            value = tf.reshape(value, tf.shape(self.average))
-            return tf.group(tf.assign(self.average, value),
-                            tf.raw_ops.AssignVariableOp(resource=self.clock.handle, value=now),
-                            self._stamp_all(now))
+            value = tf.reshape(value, tf.shape(self.variable))
+            return tf.group(tf.raw_ops.AssignVariableOp(resource=self.average.handle,
+                                                        value=self._dated(value, now)),
+                            tf.raw_ops.AssignVariableOp(resource=self.clock.handle, value=now))
 
     def start(self):
-        """An op that dates every row's average (just set from its weight) now."""
+        """An op that sets every row's average to its weight, dated now."""
         with _beside(self.average):
-            return self._stamp_all(read(self.clock))
+            return tf.raw_ops.AssignVariableOp(
+                resource=self.average.handle,
+                value=self._dated(read(self.variable), read(self.clock)))
 
-    def _stamp_all(self, now):
-        return tf.raw_ops.AssignVariableOp(
-            resource=self.row_clock.handle,
-            value=tf.fill(tf.shape(self.row_clock), now))
-
-
-def _at(weights, average, then, now):
-    """`weights + (average - weights) * exp(then - now)`, row by row: the average
-    of rows dated `then`, at clock `now` (never extrapolated past `then`)."""
-    factor = tf.cast(tf.exp(tf.minimum(then - now, 0.0)), average.dtype.base_dtype)
-    return weights + (average - weights) * factor
+    def _dated(self, averages, now):
+        """The row state of every row, whose averages are `averages`, dated `now`."""
+        return self._join(averages, tf.fill(tf.shape(averages)[:1], now))
 
 
 def _copy(variable):
@@ -276,23 +311,20 @@ class LazyRows(object):
     the writes.
     """
 
-    def __init__(self, found, log_decay):
-        """`found`: `[(variable, average, writes, indices)]`; `log_decay`: the
-        step's `log_decay` (float64 scalar), sent once to each device that
-        holds averages."""
-        self.lazy = [_Lazy(*args) for args in found]
+    def __init__(self, found, log_decay, name):
+        """`found`: `[(variable, writes, indices)]`; `log_decay`: the step's
+        `log_decay` (float64 scalar), sent once to each device that holds
+        averages; `name`: the averages' (`<variable>/<name>`)."""
+        self.lazy = [_Lazy(variable, name, writes, indices)
+                     for variable, writes, indices in found]
         for lazy in self.lazy:
             before = lazy.fold(log_decay)
             for op in lazy.writes:
                 for wait in before:
                     op._add_control_input(wait)
 
-    def start(self):
-        """An op that dates every average (just set from its weight) now."""
-        return tf.group(*[lazy.start() for lazy in self.lazy])
-
     def saveables(self):
-        """What Savers save instead of the lazy averages, row clocks and clocks:
+        """What Savers save instead of the lazy averages' row states and clocks:
         per average (or part), a `SaveableObject` that saves its plain values
         under its checkpoint key (a part as a slice of its variable's) and
         restores them (see `_Lazy.restore`)."""
@@ -300,7 +332,7 @@ class LazyRows(object):
 
     def state(self):
         """Every variable the saveables stand for."""
-        return [v for lazy in self.lazy for v in (lazy.average, lazy.row_clock, lazy.clock)]
+        return [v for lazy in self.lazy for v in (lazy.average, lazy.clock)]
 
     def raw_saves(self):
         """The save ops that save a lazy average as it is kept (rows not brought up
@@ -308,8 +340,7 @@ class LazyRows(object):
         default one, built over the average variable itself."""
         found = set()
         for lazy in self.lazy:
-            average = lazy.average
-            tensors = [average.handle if hasattr(average, "handle") else average.op.outputs[0]]
+            tensors = [lazy.average.handle]
             # A Saver saves a variable through at most a read and two identities.
             for _ in range(3):
                 consumers = [op for t in tensors for op in t.consumers()]
@@ -326,7 +357,8 @@ class _Saveable(SaveableObject):
 
     def __init__(self, lazy):
         self._lazy = lazy
-        info = lazy.average._get_save_slice_info()
+        # Saved as the variable's average: a part as the same slice.
+        info = lazy.variable._get_save_slice_info()
         spec = SaveSpec(lazy.value(), info.spec if info else "", checkpoint_key(lazy.average))
         super(_Saveable, self).__init__(lazy.average, [spec], lazy.average.op.name)
 

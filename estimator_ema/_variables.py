@@ -44,7 +44,7 @@ def read_fresh(var):
     return tf.assign_add(var, tf.zeros([], var.dtype.base_dtype), use_locking=True)
 
 
-def create_shadow(var, name, initial_value, suffix="", use_resource=None):
+def create_shadow(var, name, initial_value, suffix="", use_resource=None, columns=None):
     """Creates the non-trainable variable `<var>/<name><suffix>` next to `var`.
 
     Built under `init_scope`, so it never picks up the control dependencies or
@@ -53,8 +53,10 @@ def create_shadow(var, name, initial_value, suffix="", use_resource=None):
 
     The shadow of a part of a partitioned variable is a part too: it is saved,
     as stock `ExponentialMovingAverage` (`slot_creator`) saves it, as a slice
-    of `<full name>/<name><suffix>` (see `_slice_like`). It is a resource
-    variable if `use_resource` is True, or if None and `var` is one.
+    of `<full name>/<name><suffix>` (see `_slice_like`); a shadow of
+    `columns` columns (a lazy average's row state, see `_rows`) as a slice of
+    the rows of a variable part partitioned along its first axis. It is a
+    resource variable if `use_resource` is True, or if None and `var` is one.
     """
     expected = shadow_name(var.op.name, name) + suffix
     if use_resource is None:
@@ -70,7 +72,7 @@ def create_shadow(var, name, initial_value, suffix="", use_resource=None):
         raise RuntimeError(
             "Variable %s already has an average named %r; use another 'name' or "
             "average it once." % (var.op.name, name + suffix))
-    _slice_like(shadow, var, name + suffix)
+    _slice_like(shadow, var, name + suffix, columns)
     return shadow
 
 
@@ -83,20 +85,26 @@ def state_variables(averager, graph):
     return [v for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES) if v.op.name in names]
 
 
-def _slice_like(shadow, var, name):
+def _slice_like(shadow, var, name, columns=None):
     """Saves `shadow` as a slice of `<full name>/<name>` when `var` is the part of
     a partitioned variable saved as a slice of `<full name>`.
 
     A scalar shadow (a zero-debias step count) stays a variable of its own, and
-    one of lower rank is sliced along the leading dimensions, as `slot_creator` does.
+    one of lower rank is sliced along the leading dimensions, as `slot_creator` does;
+    one of `columns` columns along the first (the rows of `var`, whose part
+    they are).
     """
     info = var._get_save_slice_info()
     rank = shadow.shape.ndims
     if info is None or rank == 0:
         return
+    if columns is None:
+        full, offset, shape = info.full_shape[:rank], info.var_offset[:rank], info.var_shape[:rank]
+    else:
+        full, offset, shape = ([info.full_shape[0], columns], [info.var_offset[0], 0],
+                               [info.var_shape[0], columns])
     shadow._set_save_slice_info(tf.Variable.SaveSliceInfo(
-        info.full_name + "/" + name, info.full_shape[:rank], info.var_offset[:rank],
-        info.var_shape[:rank]))
+        info.full_name + "/" + name, full, offset, shape))
 
 
 def create_count(name, initial_value, global_step):

@@ -46,26 +46,37 @@ def embedding_model_fn(features, labels, mode, params):
     params: "optimizer" (a key of OPTIMIZERS), "parts" (0: not partitioned),
     and optionally "lookup": "read" gathers from a read of the whole table
     (no lookup of the table's own rows), "ref" makes reference variables,
-    "half" a float16 table; "step" the global step's increment (1);
+    "half" a float16 table; "dtype" the table's dtype name ("float32"),
+    "row_shape" the shape of its rows ([DIM]), "axis" the axis it is
+    partitioned along (0; along 1 each part is looked up on its own); "step"
+    the global step's increment (1);
     "update_op" adds a dense write of the table to UPDATE_OPS; "saver" puts a
     Saver of its own in the Scaffold; "clip" clips the head after the step (the
     global step's increment first)."""
     keras = params["optimizer"] == "keras"
     lookup = params.get("lookup")
-    partitioner = (tf1.fixed_size_partitioner(params["parts"]) if params["parts"] else None)
+    axis = params.get("axis", 0)
+    partitioner = (tf1.fixed_size_partitioner(params["parts"], axis) if params["parts"]
+                   else None)
     use_resource = True if keras else (False if lookup == "ref" else None)
-    table = tf1.get_variable("embedding/table", [ROWS, DIM], partitioner=partitioner,
-                             dtype=tf.float16 if lookup == "half" else tf.float32,
+    row_shape = params.get("row_shape", [DIM])
+    table = tf1.get_variable("embedding/table", [ROWS] + row_shape, partitioner=partitioner,
+                             dtype="float16" if lookup == "half" else params.get("dtype",
+                                                                                 "float32"),
                              initializer=tf1.random_normal_initializer(seed=1),
                              use_resource=use_resource)
-    head = tf1.get_variable("head/w", [DIM, 1], initializer=tf1.ones_initializer(),
+    width = int(np.prod(row_shape))
+    head = tf1.get_variable("head/w", [width, 1], initializer=tf1.ones_initializer(),
                             use_resource=use_resource)
     if params.get("update_op"):  # a dense write of the table that the train op does not run
         tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign(table, table * 0.5))
     if lookup == "read":
         rows = tf.gather(table.read_value(), features["ids"])
+    elif axis:
+        rows = tf.concat([tf.gather(part, features["ids"]) for part in table], axis + 1)
     else:
         rows = tf.nn.embedding_lookup(table, features["ids"])
+    rows = tf.reshape(rows, [-1, IDS, width])
     pooled = tf.reduce_mean(tf.cast(rows, tf.float32), axis=1)
     predictions = tf.matmul(pooled, head)
     loss = tf.reduce_mean(tf.square(predictions - labels))
@@ -104,9 +115,9 @@ def train(model_dir, how, optimizer="sgd", parts=0, steps=STEPS, params=None, sa
     return est, recorder, reader
 
 
-def whole(values):
+def whole(values, axis=0):
     """`{name: value}` with a partitioned variable's parts (`<v>/part_<i>`)
-    joined along the first axis, under `<v>`, as checkpoints hold them."""
+    joined along `axis`, under `<v>`, as checkpoints hold them."""
     out, parts = {}, {}
     for name, value in values.items():
         full, _, part = name.rpartition("/part_")
@@ -114,12 +125,13 @@ def whole(values):
             parts.setdefault(full, {})[int(part)] = value
         else:
             out[name] = value
-    out.update({full: np.concatenate([p[i] for i in sorted(p)]) for full, p in parts.items()})
+    out.update({full: np.concatenate([p[i] for i in sorted(p)], axis)
+                for full, p in parts.items()})
     return out
 
 
-def check(recorder, reader, decay=0.8, every_n_steps=1, num_updates=True):
-    recorder.record = [(step, whole(values)) for step, values in recorder.record]
+def check(recorder, reader, decay=0.8, every_n_steps=1, num_updates=True, axis=0):
+    recorder.record = [(step, whole(values, axis)) for step, values in recorder.record]
     def oracle(record, start):
         if num_updates:
             return ema_of(record, decay, start, every_n_steps)
@@ -185,16 +197,51 @@ def test_a_dense_weight_written_after_the_step_is_averaged_after_that_write(tmp_
     assert np.abs(recorder.record[1][1]["head/w"]).max() == pytest.approx(0.9)
 
 
-@pytest.mark.parametrize("how", ["hook", "decorator"])
-def test_a_resumed_run_continues_exactly(tmp_path, how):
-    est, recorder, reader = train(tmp_path, how, "sgd", steps=5)
-    resumed, more = Recorder(), CheckpointReader(tmp_path, EMA)
-    est.train(ids_input_fn, steps=4, hooks=[resumed] + (
+def resume(est, how, recorder, reader, steps):
+    """Trains `est` `steps` steps more, adding what they record and save to
+    `recorder` and `reader`."""
+    resumed, more = Recorder(), CheckpointReader(reader.model_dir, EMA)
+    est.train(ids_input_fn, steps=steps, hooks=[resumed] + (
         [estimator_ema.ExponentialMovingAverageHook(0.8)] if how == "hook" else []),
         saving_listeners=[more])
     recorder.record += resumed.record[1:]
     reader.saved += more.saved
+
+
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_a_resumed_run_continues_exactly(tmp_path, how):
+    est, recorder, reader = train(tmp_path, how, "sgd", steps=5)
+    resume(est, how, recorder, reader, 4)
     assert check(recorder, reader) == len(reader.saved)
+
+
+@pytest.mark.parametrize("row_shape, dtype", [
+    ([], "float32"), ([2, 3], "float32"), ([DIM], "float64"), ([], "float64")],
+    ids=["vector", "rank3", "float64", "float64-vector"])
+@pytest.mark.parametrize("parts", [0, 2], ids=["plain", "partitioned"])
+@pytest.mark.parametrize("how", ["hook", "decorator"])
+def test_tables_of_any_row_shape_and_float64_are_lazy_and_exact(tmp_path, caplog, how, parts,
+                                                                row_shape, dtype):
+    """Each row's state is one row of the average variable (its average
+    flattened, then its float64 row clock in two float32 columns, or one
+    float64): saved, restored and read back in the table's shape."""
+    params = {"row_shape": row_shape, "dtype": dtype}
+    est, recorder, reader = train(tmp_path, how, "adagrad", parts=parts, steps=5, params=params)
+    resume(est, how, recorder, reader, 4)
+    assert check(recorder, reader) == len(reader.saved)
+    assert lazy_tables(caplog, tmp_path) == (
+        ["embedding/table/part_%d" % i for i in range(parts)] or ["embedding/table"]) * 2
+    saved = tf.train.load_variable(str(tmp_path), "embedding/table/" + EMA)
+    assert (saved.shape, saved.dtype) == (tuple([ROWS] + row_shape), np.dtype(dtype))
+
+
+def test_a_table_partitioned_along_its_rows_width_is_averaged_densely(tmp_path, caplog):
+    _, recorder, reader = train(tmp_path, "hook", "sgd", parts=2, steps=4,
+                                params={"axis": 1})
+    assert not lazy_tables(caplog, tmp_path)
+    assert ("['embedding/table/part_0', 'embedding/table/part_1'] written only in rows, "
+            "averaged densely: partitioned along an axis other than the first") in caplog.text
+    assert check(recorder, reader, axis=1) == len(reader.saved)
 
 
 def test_helpers_see_exact_values_and_no_bookkeeping(tmp_path):
@@ -346,7 +393,7 @@ def test_on_parameter_servers_one_float64_scalar_crosses_and_a_fold_is_a_few_ops
     for part in ("table/part_0", "table/part_1"):
         fold = [op for op in averaging if op.name.startswith(EMA + "_rows/")
                 and op.device == places[part] and op.type not in ("Const", "Identity")]
-        assert 10 <= len(fold) <= 14, sorted(op.type for op in fold)
+        assert 12 <= len(fold) <= 17, sorted(op.type for op in fold)
 
 
 def test_a_run_that_writes_a_lazy_table_otherwise_is_refused():
