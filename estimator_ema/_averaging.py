@@ -196,7 +196,7 @@ class Averager(object):
 
     def saveables(self, state):
         """What a Saver saves of the variables `state` (the averager's): each lazy
-        average, its row clock and clock replaced by one saveable of its plain
+        average (its rows' state) and its clock replaced by one saveable of its plain
         values (see `_rows.LazyRows.saveables`)."""
         if self._rows is None:
             return list(state)

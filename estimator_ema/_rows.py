@@ -105,6 +105,8 @@ def unsupported(variable):
     """Why `variable` cannot be averaged lazily whatever its writes, or None."""
     if variable.dtype.base_dtype not in LAZY_DTYPES:
         return "lazy rows need float32 or float64"
+    if not variable.shape[1:].is_fully_defined():
+        return "rows of an unknown shape"
     if not IS_TF1 and not hasattr(variable, "handle"):
         return "reference variables on TF 2 (its tf.cond cannot assign them)"
     info = variable._get_save_slice_info()
