@@ -524,3 +524,20 @@ def test_canned_estimators_tables_are_lazy_and_exact(tmp_path, caplog, kind):
         hooks=[estimator_ema.ExponentialMovingAverageHook(0.8), recorder])
     assert check(recorder, reader) == len(reader.saved) == 5
     assert len(lazy_tables(caplog, tmp_path)) == 1
+
+
+def test_a_table_whose_rows_shape_is_unknown_is_averaged_densely(caplog):
+    graph = tf.Graph()
+    with graph.as_default():
+        step = tf1.train.get_or_create_global_step()
+        table = tf.Variable(tf.ones([ROWS, DIM]), name="table",
+                            shape=tf.TensorShape([ROWS, None]))
+        rows = tf.reshape(tf1.nn.embedding_lookup(table, tf.constant([1, 2])), [2, DIM])
+        train_op = tf1.train.GradientDescentOptimizer(0.1).minimize(
+            tf.reduce_sum(rows), global_step=step)
+        graph.add_to_collection(tf1.GraphKeys.TRAIN_OP, train_op)
+        graph.add_to_collection(tf1.GraphKeys.SAVERS, tf1.train.Saver(defer_build=True))
+        estimator_ema.ExponentialMovingAverageHook(0.9).begin()
+    assert not lazy_tables(caplog)
+    assert ("['table'] written only in rows, averaged densely: rows of an unknown shape"
+            in caplog.text)
