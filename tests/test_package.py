@@ -316,6 +316,21 @@ def test_ci_finds_each_python_it_needs_or_says_which_is_missing():
     assert missing.stderr.strip() == "CI needs Python 3.99"
 
 
+def test_ci_runs_its_lanes_at_once_each_to_its_first_failure_and_fails_if_one_did():
+    """`run_lanes`: each lane's lines are prefixed with its name, a lane stops at its
+    first failing command (errexit, as the stages need), the others run on, and the
+    failure names the lane."""
+    script = ('one() { echo a; false; echo never; }; two() { sleep 0.2; echo b; }; '
+              'run_lanes one two')
+    result = _ci_function(script)
+    assert result.returncode == 1
+    assert sorted(result.stdout.splitlines()) == ["[one] a", "[two] b"]
+    assert result.stderr.strip() == "CI failed in: one"
+    passed = _ci_function('one() { echo a; }; two() { echo b; }; run_lanes one two')
+    assert passed.returncode == 0, passed.stderr
+    assert passed.stdout.splitlines()[-1] == "=== all lanes passed: one two"
+
+
 SUPPORTED_TENSORFLOWS = ["1.15"] + ["2.%d" % minor for minor in range(4, 16)]
 
 
